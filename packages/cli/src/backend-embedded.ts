@@ -1,0 +1,99 @@
+/** Backend over the engine in this process: no daemon needed. */
+import { Engine } from '@airlock/engine';
+import type { AirlockEngine, Caller } from '@airlock/engine';
+import type { Backend, StreamHandlers, StreamExit } from './backend.js';
+import type {
+  ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
+} from './backend.js';
+
+/** The operator at the keyboard owns the data dir: the admin view, every tenant. */
+const ADMIN: Caller = { tenant: null };
+
+export interface EmbeddedOptions {
+  dataDir: string;
+  dnsUpstream?: string;
+  /** Where templates live when not under the data dir (AIRLOCK_TEMPLATES_DIR). */
+  templatesDir?: string;
+}
+
+export async function openEngine(opts: EmbeddedOptions): Promise<AirlockEngine> {
+  return Engine.open({
+    dataDir: opts.dataDir,
+    ...(opts.templatesDir ? { templatesDir: opts.templatesDir } : {}),
+    ...(opts.dnsUpstream ? { dnsUpstream: opts.dnsUpstream } : {}),
+  });
+}
+
+export class EmbeddedBackend implements Backend {
+  readonly description: string;
+
+  private constructor(private readonly engine: AirlockEngine, dataDir: string) {
+    this.description = `embedded engine (${dataDir})`;
+  }
+
+  static async open(opts: EmbeddedOptions): Promise<EmbeddedBackend> {
+    return new EmbeddedBackend(await openEngine(opts), opts.dataDir);
+  }
+
+  createSandbox(input: SandboxSpecInput): Promise<SandboxInfo> {
+    return this.engine.createSandbox(ADMIN, input);
+  }
+
+  async getSandbox(id: string): Promise<SandboxInfo> {
+    return this.engine.getSandbox(ADMIN, id);
+  }
+
+  async listSandboxes(filter?: { state?: SandboxState; metadata?: Record<string, string> }): Promise<SandboxInfo[]> {
+    return this.engine.listSandboxes(ADMIN, filter);
+  }
+
+  killSandbox(id: string): Promise<SandboxInfo> {
+    return this.engine.killSandbox(ADMIN, id);
+  }
+
+  exec(id: string, req: ExecRequest): Promise<ExecResult> {
+    return this.engine.exec(ADMIN, id, req);
+  }
+
+  async execStream(id: string, req: ExecRequest, handlers: StreamHandlers): Promise<StreamExit> {
+    const r = await this.engine.exec(ADMIN, id, req, {
+      onStdout: (b) => handlers.onStdout(b),
+      onStderr: (b) => handlers.onStderr(b),
+      ...(handlers.signal ? { signal: handlers.signal } : {}),
+    });
+    return { exitCode: r.exitCode, reason: r.reason, durationMs: r.durationMs };
+  }
+
+  execBackground(id: string, req: ExecRequest): Promise<{ pid: number; execId: string }> {
+    return this.engine.execBackground(ADMIN, id, req);
+  }
+
+  listProcesses(id: string): Promise<ProcessInfo[]> {
+    return this.engine.listProcesses(ADMIN, id);
+  }
+
+  killProcess(id: string, pid: number, signal: number): Promise<void> {
+    return this.engine.killProcess(ADMIN, id, pid, signal);
+  }
+
+  async readFile(id: string, path: string): Promise<Uint8Array> {
+    return this.engine.readFile(ADMIN, id, path);
+  }
+
+  async writeFile(id: string, path: string, data: Uint8Array, opts?: { mode?: number }): Promise<void> {
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    await this.engine.writeFile(ADMIN, id, path, buf, opts);
+  }
+
+  listDir(id: string, path: string): Promise<FileEntry[]> {
+    return this.engine.listDir(ADMIN, id, path);
+  }
+
+  async listTemplates(): Promise<TemplateInfo[]> {
+    return this.engine.listTemplates();
+  }
+
+  close(): Promise<void> {
+    return this.engine.close();
+  }
+}

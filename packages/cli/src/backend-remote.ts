@@ -1,0 +1,84 @@
+/** Backend over airlockd's REST API (AIRLOCK_URL, or the local default daemon). */
+import { ApiClient } from '@airlock/sdk';
+import type { Backend, StreamHandlers, StreamExit } from './backend.js';
+import type {
+  ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
+} from './backend.js';
+
+export class RemoteBackend implements Backend {
+  readonly description: string;
+  private readonly client: ApiClient;
+
+  constructor(url: string, apiKey: string | undefined) {
+    this.description = url;
+    this.client = new ApiClient({ url, apiKey });
+  }
+
+  createSandbox(input: SandboxSpecInput): Promise<SandboxInfo> {
+    return this.client.createSandbox(input);
+  }
+
+  getSandbox(id: string): Promise<SandboxInfo> {
+    return this.client.getSandbox(id);
+  }
+
+  listSandboxes(filter?: { state?: SandboxState; metadata?: Record<string, string> }): Promise<SandboxInfo[]> {
+    return this.client.listSandboxes(filter ?? {});
+  }
+
+  killSandbox(id: string): Promise<SandboxInfo> {
+    return this.client.killSandbox(id);
+  }
+
+  exec(id: string, req: ExecRequest): Promise<ExecResult> {
+    return this.client.exec(id, toBody(req));
+  }
+
+  async execStream(id: string, req: ExecRequest, handlers: StreamHandlers): Promise<StreamExit> {
+    const r = await this.client.execStream(id, toBody(req), {
+      onStdout: (s: string) => handlers.onStdout(s),
+      onStderr: (s: string) => handlers.onStderr(s),
+      signal: handlers.signal,
+    });
+    return { exitCode: r.exitCode, reason: r.reason, durationMs: r.durationMs };
+  }
+
+  execBackground(id: string, req: ExecRequest): Promise<{ pid: number; execId: string }> {
+    return this.client.execBackground(id, toBody(req));
+  }
+
+  listProcesses(id: string): Promise<ProcessInfo[]> {
+    return this.client.listProcesses(id);
+  }
+
+  killProcess(id: string, pid: number, signal: number): Promise<void> {
+    return this.client.killProcess(id, pid, signal);
+  }
+
+  readFile(id: string, path: string): Promise<Uint8Array> {
+    return this.client.readFile(id, path);
+  }
+
+  async writeFile(id: string, path: string, data: Uint8Array, opts?: { mode?: number }): Promise<void> {
+    await this.client.writeFile(id, path, data, opts);
+  }
+
+  listDir(id: string, path: string): Promise<FileEntry[]> {
+    return this.client.listDir(id, path);
+  }
+
+  listTemplates(): Promise<TemplateInfo[]> {
+    return this.client.listTemplates();
+  }
+
+  async close(): Promise<void> {
+    // Nothing held open: each request is its own connection.
+  }
+}
+
+/** The REST body carries stdin as text; bytes that are not UTF-8 cannot cross it. */
+function toBody(req: ExecRequest): ExecRequest & { stdin?: string } {
+  const { stdin, ...rest } = req;
+  if (stdin === undefined) return rest;
+  return { ...rest, stdin: typeof stdin === 'string' ? stdin : Buffer.from(stdin).toString('utf8') };
+}

@@ -1,0 +1,58 @@
+/**
+ * What the CLI's commands need from Airlock, whether it runs in this process (embedded engine)
+ * or behind airlockd (remote). Commands are written once against this.
+ */
+import type {
+  DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo,
+  SandboxSpecInput, SandboxState, TemplateInfo,
+} from '@airlock/engine';
+
+export type { DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo };
+
+/** Live output of a streamed exec. Embedded mode hands raw bytes, remote mode decoded text. */
+export interface StreamHandlers {
+  onStdout(chunk: Buffer | string): void;
+  onStderr(chunk: Buffer | string): void;
+  /** Aborting kills the command (Ctrl-C). */
+  signal?: AbortSignal;
+}
+
+export interface StreamExit {
+  exitCode: number;
+  reason: ExecReason;
+  durationMs: number;
+}
+
+export interface Backend {
+  /** For messages: "embedded (/var/lib/airlock)" or "http://127.0.0.1:7070". */
+  readonly description: string;
+
+  createSandbox(input: SandboxSpecInput): Promise<SandboxInfo>;
+  getSandbox(id: string): Promise<SandboxInfo>;
+  listSandboxes(filter?: { state?: SandboxState; metadata?: Record<string, string> }): Promise<SandboxInfo[]>;
+  killSandbox(id: string): Promise<SandboxInfo>;
+
+  /** Runs to completion and returns the captured output. */
+  exec(id: string, req: ExecRequest): Promise<ExecResult>;
+  /** Runs to completion, handing output over as it comes. */
+  execStream(id: string, req: ExecRequest, handlers: StreamHandlers): Promise<StreamExit>;
+  execBackground(id: string, req: ExecRequest): Promise<{ pid: number; execId: string }>;
+  listProcesses(id: string): Promise<ProcessInfo[]>;
+  killProcess(id: string, pid: number, signal: number): Promise<void>;
+
+  readFile(id: string, path: string): Promise<Uint8Array>;
+  writeFile(id: string, path: string, data: Uint8Array, opts?: { mode?: number }): Promise<void>;
+  listDir(id: string, path: string): Promise<FileEntry[]>;
+
+  listTemplates(): Promise<TemplateInfo[]>;
+
+  /** Releases the engine or connection; sandboxes keep running. */
+  close(): Promise<void>;
+}
+
+/** Options that choose and configure the backend (shared by every command that needs one). */
+export interface BackendOptions {
+  /** Given explicitly: forces embedded mode on this data dir. */
+  dataDir?: string;
+  dnsUpstream?: string;
+}

@@ -1,0 +1,219 @@
+/**
+ * The `airlock` command tree: every command, flag and help text. Actions import their
+ * implementation lazily so `airlock --help` and flag errors load nothing but commander.
+ */
+import { readFileSync } from 'node:fs';
+import { Command, Option } from 'commander';
+import {
+  RUNTIMES, SANDBOX_STATES, collectAllowHost, collectEnv, collectLabel, collectMount, parseCpus,
+  parseDnsUpstream, parseDurationSeconds, parseFileMode, parseListen, parsePositiveInt, parseSandboxPath,
+  parseSignal, parseSizeMiB,
+} from './flags.js';
+
+/** Each action reports its exit status here; main exits with it after output is flushed. */
+export interface ActionResult {
+  exitCode: number;
+}
+
+function readVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
+    return pkg.version ?? '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+const DATA_DIR_HELP = 'use the engine in this process on this data dir (default: the local daemon if one answers, else /var/lib/airlock)';
+
+function addDataDir(cmd: Command): Command {
+  return cmd.option('--data-dir <dir>', DATA_DIR_HELP);
+}
+
+/** The flags `run` and `sandbox create` share: what the sandbox may use, reach and see. */
+function addSandboxOptions(cmd: Command): Command {
+  return addDataDir(
+    cmd
+      .addOption(
+        new Option('--runtime <name>', 'isolation: container (fastest), gvisor (user-space kernel), microvm (own kernel)').choices(RUNTIMES),
+      )
+      .option('--template <name>', 'root filesystem to start from (see `airlock template ls`)', 'base')
+      .option('--memory <size>', 'memory limit, e.g. 256m, 1g (k/m/g; plain number = MiB)', (v: string) => parseSizeMiB(v, '--memory'))
+      .option('--cpus <n>', 'CPU limit in cores, e.g. 0.5', (v: string) => parseCpus(v, '--cpus'))
+      .option('--pids <n>', 'most processes and threads at once', (v: string) => parsePositiveInt(v, '--pids'))
+      .option('--disk <size>', 'writable layer size, e.g. 1g', (v: string) => parseSizeMiB(v, '--disk'))
+      .option('--timeout <duration>', 'sandbox lifetime, e.g. 30s, 5m, 1h (plain number = seconds)', (v: string) =>
+        parseDurationSeconds(v, '--timeout'),
+      )
+      .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all)', collectAllowHost)
+      .option('--mount <spec>', 'bind HOSTPATH:PATH[:ro|rw] into the sandbox, read-only by default (repeatable)', collectMount)
+      .option('--env <K=V>', 'environment variable; a bare K copies it from here (repeatable)', collectEnv)
+      .option('--workdir <dir>', 'working directory inside the sandbox (default /work)', (v: string) => parseSandboxPath(v, '--workdir'))
+      .option('--label <K=V>', 'metadata to find the sandbox by (repeatable)', collectLabel)
+      .option('--dns-upstream <ip:port>', 'DNS server the embedded engine asks for allowed names (default: the host resolver)', (v: string) =>
+        parseDnsUpstream(v),
+      ),
+  );
+}
+
+type Opts = Record<string, unknown>;
+
+export function buildProgram(result: ActionResult): Command {
+  const set = (p: Promise<number>) => p.then((code) => void (result.exitCode = code));
+
+  const program = new Command('airlock')
+    .description('Airlock runs untrusted code (yours, or an AI agent\'s) in isolated, disposable sandboxes.')
+    .version(readVersion(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'show help')
+    .helpCommand('help [command]', 'show help for a command')
+    .enablePositionalOptions()
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, 'airlock: ')) })
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ airlock run -- python3 -c 'print(6*7)'
+  $ airlock run --memory 256m --timeout 1m --allow-host pypi.org -- pip download requests
+  $ id=$(airlock sandbox create --timeout 10m) && airlock sandbox exec "$id" -- ls /
+
+Environment:
+  AIRLOCK_URL, AIRLOCK_API_KEY   talk to this airlockd instead of running the engine in-process`,
+    );
+
+  program
+    .command('serve')
+    .description('run airlockd, the HTTP API, on this machine')
+    .addOption(new Option('--listen <host:port>', 'address to listen on').default('127.0.0.1:7070').argParser((v: string) => parseListen(v)))
+    .option('--data-dir <dir>', 'where the database, admin key and sandboxes live', '/var/lib/airlock')
+    .option('--dns-upstream <ip:port>', 'DNS server asked for allowed names (default: the host resolver)', (v: string) => parseDnsUpstream(v))
+    .action((opts: Opts) => set(import('./commands/serve.js').then((m) => m.serveCommand(opts as never))));
+
+  addSandboxOptions(
+    program
+      .command('run')
+      .description('create a sandbox, run CMD in it with its output streamed here, then destroy it')
+      .argument('<cmd...>', 'the command and its arguments (put them after --)')
+      .passThroughOptions(),
+  )
+    .option('--exec-timeout <duration>', 'kill the command after this long (exit 124)', (v: string) => parseDurationSeconds(v, '--exec-timeout'))
+    .option('--no-stdin', 'do not forward this command\'s stdin (by default piped stdin is passed on)')
+    .option('--json', 'print one JSON object {sandboxId, exitCode, stdout, stderr, durationMs, reason} instead of streaming')
+    .addHelpText(
+      'after',
+      `
+Exit status: the command's own; 124 when it or the sandbox timed out, 137 when it was
+killed for memory, 130 when interrupted, 125 when Airlock itself failed.
+
+Examples:
+  $ airlock run -- echo hello
+  $ airlock run --runtime gvisor --memory 512m --timeout 2m --mount ./job:/in -- python3 /in/job.py
+  $ echo 'print(1+1)' | airlock run -- python3 -
+  $ airlock run --json -- sh -c 'echo out; echo err >&2; exit 3'`,
+    )
+    .action((cmd: string[], opts: Opts) => set(import('./commands/run.js').then((m) => m.runCommand(cmd, opts))));
+
+  const sandbox = program.command('sandbox').description('manage long-lived sandboxes');
+
+  addSandboxOptions(sandbox.command('create').description('create a sandbox and print its id'))
+    .option('--json', 'print the whole sandbox record as JSON')
+    .addHelpText('after', '\nExample:\n  $ airlock sandbox create --template base --timeout 30m --label task=42')
+    .action((opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.createCommand(opts))));
+
+  addDataDir(
+    sandbox
+      .command('ls')
+      .description('list sandboxes')
+      .addOption(new Option('--state <state>', 'only sandboxes in this state').choices(SANDBOX_STATES))
+      .option('--label <K=V>', 'only sandboxes with this metadata (repeatable)', collectLabel)
+      .option('--json', 'print JSON'),
+  ).action((opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.listCommand(opts))));
+
+  addDataDir(sandbox.command('get').description('print a sandbox\'s record as JSON').argument('<id>', 'sandbox id')).action(
+    (id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.getCommand(id, opts))),
+  );
+
+  addDataDir(sandbox.command('kill').description('destroy a sandbox and everything in it').argument('<id>', 'sandbox id'))
+    .option('--json', 'print the final record as JSON')
+    .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.killCommand(id, opts))));
+
+  addDataDir(
+    sandbox
+      .command('exec')
+      .description('run a command in a running sandbox, streaming its output')
+      .argument('<id>', 'sandbox id')
+      .argument('<cmd...>', 'the command and its arguments (put them after --)')
+      .option('--env <K=V>', 'environment variable for this command (repeatable)', collectEnv)
+      .option('--cwd <dir>', 'working directory (default: the sandbox\'s workdir)', (v: string) => parseSandboxPath(v, '--cwd'))
+      .option('--timeout <duration>', 'kill the command after this long (exit 124)', (v: string) => parseDurationSeconds(v, '--timeout'))
+      .option('--background', 'start it and print its pid; see `sandbox ps` and `sandbox kill-process`')
+      .option('--no-stdin', 'do not forward this command\'s stdin')
+      .option('--json', 'print the result {exitCode, stdout, stderr, durationMs, reason} as JSON instead of streaming'),
+  )
+    .addHelpText('after', '\nExample:\n  $ airlock sandbox exec sbx_123 --cwd /work --env DEBUG=1 -- make test')
+    .action((id: string, cmd: string[], opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.execCommand(id, cmd, opts))));
+
+  addDataDir(sandbox.command('ps').description('list the processes running in a sandbox').argument('<id>', 'sandbox id'))
+    .option('--json', 'print JSON')
+    .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.psCommand(id, opts))));
+
+  addDataDir(
+    sandbox
+      .command('kill-process')
+      .description('send a signal to a process in a sandbox')
+      .argument('<id>', 'sandbox id')
+      .argument('<pid>', 'process id inside the sandbox (from `sandbox ps`)', (v: string) => parsePositiveInt(v, 'PID'))
+      .option('--signal <sig>', 'signal name or number', (v: string) => parseSignal(v), parseSignal('SIGTERM')),
+  ).action((id: string, pid: number, opts: Opts) =>
+    set(import('./commands/sandbox.js').then((m) => m.killProcessCommand(id, pid, opts as never))),
+  );
+
+  const files = program.command('files').description('copy files into and out of a sandbox');
+
+  addDataDir(
+    files
+      .command('put')
+      .description('copy LOCAL (- for stdin) to REMOTE inside the sandbox')
+      .argument('<id>', 'sandbox id')
+      .argument('<local>', 'file on this machine, or - for stdin')
+      .argument('<remote>', 'absolute path inside the sandbox')
+      .option('--mode <octal>', 'file mode (default: the local file\'s, 0644 for stdin)', (v: string) => parseFileMode(v)),
+  ).action((id: string, local: string, remote: string, opts: Opts) =>
+    set(import('./commands/files.js').then((m) => m.putCommand(id, local, remote, opts))),
+  );
+
+  addDataDir(
+    files
+      .command('get')
+      .description('copy REMOTE from the sandbox to LOCAL (- for stdout)')
+      .argument('<id>', 'sandbox id')
+      .argument('<remote>', 'absolute path inside the sandbox')
+      .argument('<local>', 'file on this machine, or - for stdout'),
+  ).action((id: string, remote: string, local: string, opts: Opts) =>
+    set(import('./commands/files.js').then((m) => m.getCommand(id, remote, local, opts))),
+  );
+
+  addDataDir(
+    files
+      .command('ls')
+      .description('list a directory inside the sandbox')
+      .argument('<id>', 'sandbox id')
+      .argument('<path>', 'absolute path inside the sandbox')
+      .option('--json', 'print JSON'),
+  ).action((id: string, path: string, opts: Opts) => set(import('./commands/files.js').then((m) => m.lsCommand(id, path, opts))));
+
+  const template = program.command('template').description('root filesystems sandboxes start from');
+  addDataDir(template.command('ls').description('list templates').option('--json', 'print JSON')).action((opts: Opts) =>
+    set(import('./commands/templates.js').then((m) => m.templateListCommand(opts))),
+  );
+
+  program
+    .command('doctor')
+    .description('check this host: runtimes, cgroups, namespaces, nftables, KVM')
+    .option('--data-dir <dir>', 'data dir to check', '/var/lib/airlock')
+    .option('--json', 'print the checks as JSON')
+    .action((opts: Opts) => set(import('./commands/doctor.js').then((m) => m.doctorCommand(opts as never))));
+
+  return program;
+}

@@ -1,0 +1,697 @@
+import { existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentLink, type AgentExit } from './agent/agent-link.js';
+import { EventLog } from './audit/event-log.js';
+import { DEFAULT_DATA_DIR, HOST_SOCKET_NAME } from './constants.js';
+import { runDoctor } from './doctor.js';
+import type {
+  AirlockEngine, Caller, DoctorCheck, EventFilter, FileStat, ListFilter, TemplateInfo,
+} from './engine-api.js';
+import { AirlockError, badRequest, conflict, notFound } from './errors.js';
+import { childCgroups, removeCgroup } from './runtime/cgroups.js';
+import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
+import type { RuntimeDriver } from './runtime/driver.js';
+import { mapAgentError } from './sandbox/agent-errors.js';
+import { parseExec } from './sandbox/exec-schema.js';
+import { parseSpec, MAX_TIMEOUT_SECONDS } from './sandbox/spec.js';
+import { assertTransition, isLive, isTerminal } from './sandbox/state-machine.js';
+import { openDb, type Db } from './store/db.js';
+import { KeyRepository } from './store/key-repo.js';
+import { SqliteSandboxRepository, toSandboxInfo, type SandboxRecord, type SandboxRepository } from './store/sandbox-repo.js';
+import { TemplateStore } from './template/template-store.js';
+import type {
+  AuditEvent, ExecHandlers, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo,
+  RuntimeName, SandboxInfo, SandboxSpecInput, SandboxState,
+} from './types.js';
+import { newSandboxId, newToken, SANDBOX_ID_RE } from './util/ids.js';
+import { processAlive, processStartTime } from './util/proc.js';
+
+export interface EngineOptions {
+  dataDir?: string;
+  /** Defaults to $AIRLOCK_TEMPLATES_DIR, else <dataDir>/templates. */
+  templatesDir?: string;
+  agentBinary?: string;
+  dnsUpstream?: string;
+  /** How long a new sandbox's agent may take to dial in. */
+  startTimeoutMs?: number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+}
+
+/** Output kept per stream for a non-streaming exec answer. */
+export const EXEC_CAPTURE_LIMIT = 16 * 1024 * 1024;
+const MAX_FILE_READ = 256 * 1024 * 1024;
+const DEFAULT_TENANT = 'default';
+/** The agent redials every 250 ms once it has been disconnected for a second. */
+const AGENT_REDIAL_WAIT_MS = 3000;
+
+interface LiveSandbox {
+  id: string;
+  link: AgentLink;
+  /** Set once the engine decided to end the sandbox; in-flight execs report it. */
+  ending: { state: SandboxState; reason: string; execReason: ExecReason } | null;
+  execIds: Map<number, string>;
+  templateEnv: string[];
+}
+
+const END_EVENT: Partial<Record<SandboxState, string>> = {
+  stopped: 'sandbox.stopped', killed: 'sandbox.killed', expired: 'sandbox.expired', failed: 'sandbox.failed',
+};
+
+function defaultAgentBinary(): string {
+  // packages/engine/dist/src/engine.js → <repo>/agent/build/airlock-agent
+  const here = dirname(fileURLToPath(import.meta.url));
+  return resolve(here, '../../../../agent/build/airlock-agent');
+}
+
+/**
+ * The engine: sandbox lifecycle, exec, files, reaper and reconcile, over a runtime driver and
+ * a SQLite store. No HTTP here; airlockd and the CLI are thin shells over this class.
+ */
+export class Engine implements AirlockEngine {
+  readonly dataDir: string;
+  readonly templatesDir: string;
+  private readonly db: Db;
+  private readonly sandboxes: SandboxRepository;
+  private readonly keys: KeyRepository;
+  readonly events: EventLog;
+  private readonly templates: TemplateStore;
+  private readonly drivers: Map<RuntimeName, RuntimeDriver>;
+  private readonly live = new Map<string, LiveSandbox>();
+  private readonly agentBinary: string;
+  private readonly startTimeoutMs: number;
+  private readonly log: NonNullable<EngineOptions['log']>;
+  private readonly ownerPid = process.pid;
+  private readonly ownerStart = processStartTime(process.pid);
+  private reaper: NodeJS.Timeout | null = null;
+  private closed = false;
+  private reaping = false;
+
+  private constructor(opts: EngineOptions) {
+    this.dataDir = resolve(opts.dataDir ?? DEFAULT_DATA_DIR);
+    this.templatesDir = resolve(opts.templatesDir ?? process.env.AIRLOCK_TEMPLATES_DIR ?? join(this.dataDir, 'templates'));
+    mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
+    mkdirSync(join(this.dataDir, 'sandboxes'), { recursive: true, mode: 0o711 });
+    this.db = openDb(join(this.dataDir, 'airlock.db'));
+    this.sandboxes = new SqliteSandboxRepository(this.db);
+    this.keys = new KeyRepository(this.db);
+    this.events = new EventLog(this.db);
+    this.templates = new TemplateStore(this.templatesDir);
+    this.agentBinary = opts.agentBinary ?? process.env.AIRLOCK_AGENT_BINARY ?? defaultAgentBinary();
+    this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
+    this.log = opts.log ?? (() => {});
+    this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir)]]);
+  }
+
+  static async open(opts: EngineOptions = {}): Promise<Engine> {
+    const engine = new Engine(opts);
+    await engine.reconcile();
+    engine.startReaper();
+    return engine;
+  }
+
+  // ---- sandboxes -------------------------------------------------------------------------
+
+  async createSandbox(caller: Caller, input: SandboxSpecInput): Promise<SandboxInfo> {
+    this.assertOpen();
+    const spec = parseSpec(input);
+    const driver = this.drivers.get(spec.runtime);
+    if (!driver) {
+      throw badRequest(`runtime ${spec.runtime} is not available on this installation (available: ${[...this.drivers.keys()].join(', ')})`, 'runtime');
+    }
+    if (spec.network.allow.length > 0) {
+      // Fail closed: until egress control exists, a sandbox that asks for network gets a refusal, not a silent "no".
+      throw new AirlockError('policy_denied', 'network egress is not available on this installation: sandboxes run with loopback only; remove network.allow');
+    }
+    const template = this.templates.require(spec.template);
+    spec.mounts = spec.mounts.map((m, i) => checkMount(m, i));
+    if (!existsSync(this.agentBinary)) {
+      throw new AirlockError('unavailable', `the sandbox agent binary is missing (${this.agentBinary}); run npm run build`);
+    }
+
+    const now = Date.now();
+    const rec: SandboxRecord = {
+      id: newSandboxId(),
+      tenant: caller.tenant ?? DEFAULT_TENANT,
+      state: 'creating',
+      spec,
+      createdAt: now,
+      startedAt: null,
+      endedAt: null,
+      expiresAt: now + spec.timeoutSeconds * 1000,
+      reason: null,
+      ownerPid: this.ownerPid,
+      ownerStart: this.ownerStart,
+      agentToken: newToken(),
+    };
+    this.tx(() => {
+      this.sandboxes.insert(rec);
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, metadata: spec.metadata } });
+    });
+
+    const dir = join(this.dataDir, 'sandboxes', rec.id);
+    const controlDir = join(dir, 'ctl');
+    let link: AgentLink | null = null;
+    try {
+      mkdirSync(controlDir, { recursive: true, mode: 0o755 });
+      link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken);
+      this.attach(rec.id, link, template.env);
+      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken });
+      await link.waitConnected(this.startTimeoutMs);
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      this.log('error', 'sandbox failed to start', { sandbox: rec.id, error: message });
+      this.live.delete(rec.id);
+      await link?.close().catch(() => {});
+      await driver.destroy(rec.id).catch(() => {});
+      this.finish(rec.id, 'failed', `failed to start: ${message}`);
+      throw new AirlockError('internal', `sandbox failed to start: ${message}`);
+    }
+    const started = Date.now();
+    this.tx(() => {
+      this.sandboxes.update(rec.id, { state: 'running', startedAt: started });
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.started', data: { startMs: started - now } });
+    });
+    return toSandboxInfo(this.sandboxes.get(rec.id)!);
+  }
+
+  getSandbox(caller: Caller, id: string): SandboxInfo {
+    return toSandboxInfo(this.owned(caller, id));
+  }
+
+  listSandboxes(caller: Caller, filter: ListFilter = {}): SandboxInfo[] {
+    const recs = this.sandboxes.list({ tenant: caller.tenant, state: filter.state });
+    const meta = Object.entries(filter.metadata ?? {});
+    return recs.filter((r) => meta.every(([k, v]) => r.spec.metadata[k] === v)).map(toSandboxInfo);
+  }
+
+  async killSandbox(caller: Caller, id: string): Promise<SandboxInfo> {
+    const rec = this.owned(caller, id);
+    if (isTerminal(rec.state)) throw conflict(`sandbox ${id} already ended (${rec.state})`);
+    await this.end(id, 'killed', 'killed by request', 'killed');
+    return toSandboxInfo(this.sandboxes.get(id)!);
+  }
+
+  setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number): SandboxInfo {
+    const rec = this.owned(caller, id);
+    if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > MAX_TIMEOUT_SECONDS) {
+      throw badRequest(`timeoutSeconds: must be an integer from 1 to ${MAX_TIMEOUT_SECONDS}`, 'timeoutSeconds');
+    }
+    if (!isLive(rec.state)) throw conflict(`sandbox ${id} is ${rec.state}`);
+    const expiresAt = Date.now() + timeoutSeconds * 1000;
+    this.tx(() => {
+      this.sandboxes.update(id, { expiresAt });
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: 'sandbox.timeout_changed', data: { timeoutSeconds, expiresAt: new Date(expiresAt).toISOString() } });
+    });
+    return toSandboxInfo(this.sandboxes.get(id)!);
+  }
+
+  // ---- exec ------------------------------------------------------------------------------
+
+  async exec(caller: Caller, id: string, reqIn: ExecRequest, handlers: ExecHandlers = {}): Promise<ExecResult> {
+    const req = parseExec(reqIn);
+    if (req.background) throw badRequest('background: use execBackground', 'background');
+    const { rec, live } = await this.ready(caller, id);
+    const driver = this.drivers.get(rec.spec.runtime)!;
+    const before = driver.limitCounters(id);
+    const started = Date.now();
+    const out = new Capture(EXEC_CAPTURE_LIMIT);
+    const err = new Capture(EXEC_CAPTURE_LIMIT);
+    let handle;
+    try {
+      handle = live.link.exec(this.agentSpec(rec, live, req, false), {
+        onStdout: (b) => { out.push(b); handlers.onStdout?.(b); },
+        onStderr: (b) => { err.push(b); handlers.onStderr?.(b); },
+      });
+    } catch (e) {
+      throw mapAgentError(e);
+    }
+    const execId = `${id}-${handle.channel}`;
+    live.execIds.set(handle.channel, execId);
+    const onAbort = () => handle.signal(9);
+    handlers.signal?.addEventListener('abort', onAbort, { once: true });
+    if (handlers.signal?.aborted) onAbort();
+    if (req.stdin !== undefined) {
+      handle.writeStdin(Buffer.from(req.stdin));
+      handle.closeStdin();
+    }
+    let exit: { exitCode: number; reason: ExecReason; signal?: number };
+    try {
+      await handle.started;
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.started', data: { execId, cmd: req.cmd, cwd: req.cwd ?? rec.spec.workdir, envNames: Object.keys(req.env ?? {}) } });
+      const res = await handle.done;
+      exit = this.classifyExit(rec, res, before, handlers.signal?.aborted ?? false);
+    } catch (e) {
+      const ending = this.live.get(id)?.ending ?? live.ending;
+      if (ending) {
+        exit = { exitCode: ending.execReason === 'timeout' ? 124 : 137, reason: ending.execReason };
+      } else if ((e as Error).name === 'AgentDisconnectedError') {
+        exit = { exitCode: 137, reason: 'sandbox_ended' };
+      } else {
+        throw mapAgentError(e);
+      }
+    } finally {
+      handlers.signal?.removeEventListener('abort', onAbort);
+      live.execIds.delete(handle.channel);
+    }
+    const durationMs = Date.now() - started;
+    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.exited', data: { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, stdoutBytes: out.total, stderrBytes: err.total } });
+    const result: ExecResult = { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs, reason: exit.reason };
+    if (out.truncated || err.truncated) result.truncated = true;
+    return result;
+  }
+
+  async execBackground(caller: Caller, id: string, reqIn: ExecRequest): Promise<{ pid: number; execId: string }> {
+    const req = parseExec(reqIn);
+    const { rec, live } = await this.ready(caller, id);
+    try {
+      const handle = live.link.exec(this.agentSpec(rec, live, req, true));
+      const execId = `${id}-${handle.channel}`;
+      live.execIds.set(handle.channel, execId);
+      handle.done.then(() => live.execIds.delete(handle.channel), () => live.execIds.delete(handle.channel));
+      const pid = await handle.started;
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.started', data: { execId, cmd: req.cmd, cwd: req.cwd ?? rec.spec.workdir, background: true, pid } });
+      return { pid, execId };
+    } catch (e) {
+      throw mapAgentError(e);
+    }
+  }
+
+  async listProcesses(caller: Caller, id: string): Promise<ProcessInfo[]> {
+    const { live } = await this.ready(caller, id);
+    try {
+      const ps = await live.link.ps();
+      return ps.map((p) => ({ pid: p.pid, execId: p.channel ? live.execIds.get(p.channel) ?? null : null, cmdline: p.cmdline }));
+    } catch (e) {
+      throw mapAgentError(e);
+    }
+  }
+
+  async killProcess(caller: Caller, id: string, pid: number, signal = 9): Promise<void> {
+    const { rec, live } = await this.ready(caller, id);
+    if (!Number.isInteger(pid) || pid < 2) throw badRequest('pid: must be a process of the sandbox (≥ 2)', 'pid');
+    if (!Number.isInteger(signal) || signal < 1 || signal > 64) throw badRequest('signal: must be 1..64', 'signal');
+    try {
+      await live.link.killPid(pid, signal);
+    } catch (e) {
+      throw mapAgentError(e, `pid ${pid}`);
+    }
+    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'process.signaled', data: { pid, signal } });
+  }
+
+  private agentSpec(rec: SandboxRecord, live: LiveSandbox, req: ExecRequest, background: boolean) {
+    const env = new Map<string, string>();
+    for (const kv of live.templateEnv) {
+      const i = kv.indexOf('=');
+      if (i > 0) env.set(kv.slice(0, i), kv.slice(i + 1));
+    }
+    for (const [k, v] of Object.entries(rec.spec.env)) env.set(k, v);
+    for (const [k, v] of Object.entries(req.env ?? {})) env.set(k, v);
+    return {
+      argv: req.cmd,
+      env: [...env].map(([k, v]) => `${k}=${v}`),
+      cwd: req.cwd ?? rec.spec.workdir,
+      uid: req.user?.uid ?? 0,
+      gid: req.user?.gid ?? 0,
+      timeoutMs: Math.round((req.timeoutSeconds ?? 0) * 1000),
+      keepStdinOpen: !background && req.stdin !== undefined,
+      background,
+    };
+  }
+
+  /** Why a process ended, with the exit code conventions of `timeout` (124) and the shell (128+n). */
+  private classifyExit(rec: SandboxRecord, res: AgentExit, before: { oomKills: number; pidsMaxHits: number }, aborted: boolean) {
+    const driver = this.drivers.get(rec.spec.runtime)!;
+    const after = driver.limitCounters(rec.id);
+    if (after.pidsMaxHits > before.pidsMaxHits) {
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'limit.pids', data: { limit: rec.spec.resources.pids, hits: after.pidsMaxHits - before.pidsMaxHits } });
+    }
+    if (res.timedOut) return { exitCode: 124, reason: 'timeout' as const, signal: res.signal };
+    if (res.signal) {
+      if (res.signal === 9 && after.oomKills > before.oomKills) {
+        this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'limit.oom', data: { limitMiB: rec.spec.resources.memoryMiB } });
+        return { exitCode: 137, reason: 'oom' as const, signal: 9 };
+      }
+      return { exitCode: 128 + res.signal, reason: aborted ? 'killed' as const : 'signaled' as const, signal: res.signal };
+    }
+    return { exitCode: res.code, reason: 'exited' as const };
+  }
+
+  // ---- files -----------------------------------------------------------------------------
+
+  async readFile(caller: Caller, id: string, path: string): Promise<Buffer> {
+    const { rec, live } = await this.ready(caller, id);
+    checkPath(path);
+    try {
+      const data = await live.link.readFile(path, MAX_FILE_READ);
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: 'file.read', data: { path, size: data.length } });
+      return data;
+    } catch (e) {
+      throw mapAgentError(e, path);
+    }
+  }
+
+  async writeFile(caller: Caller, id: string, path: string, data: Buffer, opts: { mode?: number } = {}): Promise<FileStat> {
+    const { rec, live } = await this.ready(caller, id);
+    checkPath(path);
+    const mode = opts.mode ?? 0o644;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw badRequest('mode: must be an octal permission (0..07777)', 'mode');
+    try {
+      const st = await live.link.writeFile(path, data, { mode, mkdirs: true });
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: 'file.written', data: { path, size: st.size } });
+      return { type: st.type, size: st.size, mode: st.mode, mtime: new Date(st.mtimeSec * 1000).toISOString() };
+    } catch (e) {
+      const mapped = mapAgentError(e, path);
+      if (e instanceof Error && (e as { errno?: number }).errno === 28) {
+        this.events.append({ tenant: rec.tenant, sandbox: id, type: 'limit.disk', data: { path, limitMiB: rec.spec.resources.diskMiB } });
+      }
+      throw mapped;
+    }
+  }
+
+  async listDir(caller: Caller, id: string, path: string): Promise<FileEntry[]> {
+    const { live } = await this.ready(caller, id);
+    checkPath(path);
+    try {
+      const entries = await live.link.list(path);
+      return entries.map((e) => ({ name: e.name, type: e.type, size: e.size, mode: e.mode, mtime: new Date(e.mtimeSec * 1000).toISOString() }));
+    } catch (e) {
+      throw mapAgentError(e, path);
+    }
+  }
+
+  async statPath(caller: Caller, id: string, path: string): Promise<FileStat> {
+    const { live } = await this.ready(caller, id);
+    checkPath(path);
+    try {
+      const st = await live.link.stat(path);
+      return { type: st.type, size: st.size, mode: st.mode, mtime: new Date(st.mtimeSec * 1000).toISOString() };
+    } catch (e) {
+      throw mapAgentError(e, path);
+    }
+  }
+
+  async deletePath(caller: Caller, id: string, path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    const { rec, live } = await this.ready(caller, id);
+    checkPath(path);
+    if (path.replace(/\/+$/, '') === '') throw badRequest('path: refusing to delete /', 'path');
+    try {
+      await live.link.remove(path, opts.recursive ?? false);
+    } catch (e) {
+      throw mapAgentError(e, path);
+    }
+    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'file.deleted', data: { path, recursive: opts.recursive ?? false } });
+  }
+
+  // ---- misc ------------------------------------------------------------------------------
+
+  listTemplates(): TemplateInfo[] {
+    return this.templates.list();
+  }
+
+  listEvents(caller: Caller, filter: EventFilter = {}): AuditEvent[] {
+    return this.events.query({ tenant: caller.tenant, sandbox: filter.sandbox, type: filter.type, afterSeq: filter.afterSeq, limit: filter.limit });
+  }
+
+  subscribeEvents(caller: Caller, filter: EventFilter, listener: (e: AuditEvent) => void): () => void {
+    return this.events.subscribe((e) => {
+      if (caller.tenant && e.tenant !== caller.tenant) return;
+      if (filter.sandbox && e.sandbox !== filter.sandbox) return;
+      if (filter.type && e.type !== filter.type) return;
+      listener(e);
+    });
+  }
+
+  doctor(): Promise<DoctorCheck[]> {
+    return runDoctor({ dataDir: this.dataDir, templatesDir: this.templatesDir });
+  }
+
+  ensureAdminKey(): string | null {
+    if (this.keys.hasAdminKey()) return null;
+    return this.keys.create('admin', null);
+  }
+
+  authenticate(key: string): Caller | null {
+    const rec = this.keys.verify(key);
+    if (!rec) return null;
+    return { tenant: rec.scope === 'admin' ? null : rec.tenant };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.reaper) clearInterval(this.reaper);
+    await Promise.all([...this.live.values()].map((l) => l.link.close().catch(() => {})));
+    this.live.clear();
+    this.db.close();
+  }
+
+  // ---- internals -------------------------------------------------------------------------
+
+  private assertOpen(): void {
+    if (this.closed) throw new AirlockError('unavailable', 'engine is closed');
+  }
+
+  private tx(fn: () => void): void {
+    try {
+      this.db.transaction(fn).immediate();
+    } catch (e) {
+      this.events.discardPending();
+      throw e;
+    }
+    this.events.flush();
+  }
+
+  /** The record if the caller may see it; another tenant's id is "not found", never "forbidden". */
+  private owned(caller: Caller, id: string): SandboxRecord {
+    this.assertOpen();
+    const rec = typeof id === 'string' && SANDBOX_ID_RE.test(id) ? this.sandboxes.get(id) : null;
+    if (!rec || (caller.tenant && rec.tenant !== caller.tenant)) throw notFound('sandbox', String(id));
+    return rec;
+  }
+
+  private running(caller: Caller, id: string): { rec: SandboxRecord; live: LiveSandbox } {
+    const rec = this.owned(caller, id);
+    if (rec.state !== 'running') throw conflict(`sandbox ${id} is ${rec.state}, not running`);
+    const live = this.live.get(id);
+    if (!live || live.ending) {
+      if (!live && rec.ownerPid && rec.ownerPid !== this.ownerPid && processAlive(rec.ownerPid, rec.ownerStart)) {
+        throw conflict(`sandbox ${id} is managed by another Airlock process (pid ${rec.ownerPid}); talk to it through AIRLOCK_URL`);
+      }
+      throw conflict(`sandbox ${id} is ending`);
+    }
+    return { rec, live };
+  }
+
+  /** running(), and waits briefly for an agent that is redialling (after an adoption or a restart). */
+  private async ready(caller: Caller, id: string): Promise<{ rec: SandboxRecord; live: LiveSandbox }> {
+    const r = this.running(caller, id);
+    if (!r.live.link.connected) {
+      await r.live.link.waitConnected(AGENT_REDIAL_WAIT_MS).catch(() => {
+        throw conflict(`sandbox ${id} is not reachable (its agent is not connected)`);
+      });
+    }
+    return r;
+  }
+
+  private attach(id: string, link: AgentLink, templateEnv: string[]): LiveSandbox {
+    const live: LiveSandbox = { id, link, ending: null, execIds: new Map(), templateEnv };
+    this.live.set(id, live);
+    link.on('disconnected', () => { void this.onAgentLost(id); });
+    return live;
+  }
+
+  /** The agent hung up: either the sandbox died (OOM of PID 1, killed from outside) or it is reconnecting. */
+  private async onAgentLost(id: string): Promise<void> {
+    const live = this.live.get(id);
+    if (!live || live.ending || this.closed) return;
+    const rec = this.sandboxes.get(id);
+    if (!rec || !isLive(rec.state)) return;
+    // A live agent redials within milliseconds; give it a moment before asking the runtime.
+    await new Promise((r) => setTimeout(r, 1500).unref());
+    if (live.ending || live.link.connected || this.closed) return;
+    const driver = this.drivers.get(rec.spec.runtime)!;
+    const status = await driver.status(id);
+    if (status === 'running' || status === 'paused') return;
+    const oom = driver.limitCounters(id).oomKills > 0;
+    await this.end(id, 'failed', oom ? 'sandbox ran out of memory' : 'sandbox process exited unexpectedly', oom ? 'oom' : 'sandbox_ended');
+  }
+
+  /** Ends a sandbox: frees every host object, then records the terminal state and its event. */
+  private async end(id: string, state: SandboxState, reason: string, execReason: ExecReason): Promise<void> {
+    const rec = this.sandboxes.get(id);
+    if (!rec || isTerminal(rec.state)) return;
+    assertTransition(id, rec.state, state);
+    const live = this.live.get(id);
+    if (live) {
+      if (live.ending) return;
+      live.ending = { state, reason, execReason };
+    }
+    const driver = this.drivers.get(rec.spec.runtime);
+    try {
+      await driver?.destroy(id);
+    } catch (e) {
+      this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: (e as Error).message });
+    }
+    await live?.link.close().catch(() => {});
+    this.live.delete(id);
+    this.finish(id, state, reason);
+  }
+
+  private finish(id: string, state: SandboxState, reason: string): void {
+    const rec = this.sandboxes.get(id);
+    if (!rec || isTerminal(rec.state)) return;
+    this.tx(() => {
+      this.sandboxes.update(id, { state, reason, endedAt: Date.now() });
+      this.events.append({ tenant: rec.tenant, sandbox: id, type: END_EVENT[state] ?? `sandbox.${state}`, data: { reason } });
+      if (state === 'expired') {
+        this.events.append({ tenant: rec.tenant, sandbox: id, type: 'limit.timeout', data: { timeoutSeconds: rec.spec.timeoutSeconds } });
+      }
+    });
+  }
+
+  private startReaper(): void {
+    this.reaper = setInterval(() => { void this.reap(); }, 250);
+    this.reaper.unref();
+  }
+
+  /** Expires sandboxes past their lifetime that this process owns or that nobody owns any more. */
+  private async reap(): Promise<void> {
+    if (this.reaping || this.closed) return;
+    const next = this.sandboxes.nextExpiry();
+    if (next === null || next > Date.now()) return;
+    this.reaping = true;
+    try {
+      const now = Date.now();
+      const due = this.sandboxes.list({ states: ['creating', 'running', 'paused'] }).filter((r) => r.expiresAt <= now && this.mayManage(r));
+      await Promise.all(due.map((r) => this.end(r.id, 'expired', `timeout: lifetime of ${Math.round((r.expiresAt - r.createdAt) / 1000)}s reached`, 'timeout')
+        .catch((e: Error) => this.log('error', 'reaper failed', { sandbox: r.id, error: e.message }))));
+    } finally {
+      this.reaping = false;
+    }
+  }
+
+  private mayManage(r: SandboxRecord): boolean {
+    if (this.live.has(r.id)) return true;
+    if (r.ownerPid === this.ownerPid) return true;
+    return !r.ownerPid || !processAlive(r.ownerPid, r.ownerStart);
+  }
+
+  /**
+   * Makes the database and the host agree, after a clean stop or a crash: adopts sandboxes whose
+   * owner is gone and that still run, ends the ones that died, and removes every host object
+   * (runtime containers, mounts, cgroups, directories) that belongs to no live sandbox.
+   */
+  async reconcile(): Promise<{ adopted: string[]; ended: string[]; removed: string[] }> {
+    const adopted: string[] = [];
+    const ended: string[] = [];
+    const removed: string[] = [];
+    const now = Date.now();
+    const keep = new Set<string>();
+    for (const rec of this.sandboxes.list({ states: ['creating', 'running', 'paused'] })) {
+      if (this.live.has(rec.id)) { keep.add(rec.id); continue; }
+      if (!this.mayManage(rec)) {
+        keep.add(rec.id); // another live Airlock process owns it
+        continue;
+      }
+      const driver = this.drivers.get(rec.spec.runtime);
+      const status = driver ? await driver.status(rec.id) : 'absent';
+      const alive = status === 'running' || status === 'paused';
+      if (alive && rec.state !== 'creating' && rec.expiresAt > now && this.claim(rec)) {
+        const template = this.templates.get(rec.spec.template);
+        const link = await AgentLink.listen(join(this.dataDir, 'sandboxes', rec.id, 'ctl', HOST_SOCKET_NAME), rec.agentToken);
+        this.attach(rec.id, link, template?.env ?? []);
+        keep.add(rec.id);
+        adopted.push(rec.id);
+        continue;
+      }
+      if (!this.claim(rec)) { keep.add(rec.id); continue; }
+      await driver?.destroy(rec.id).catch(() => {});
+      if (rec.expiresAt <= now) this.finish(rec.id, 'expired', 'timeout: lifetime reached while no Airlock process was running');
+      else this.finish(rec.id, 'failed', rec.state === 'creating' ? 'interrupted while starting' : 'lost: the runtime no longer has it');
+      ended.push(rec.id);
+    }
+    // Host objects with no live sandbox behind them.
+    const container = this.drivers.get('container')!;
+    const leftovers = new Set<string>(await container.list());
+    for (const name of safeReaddir(join(this.dataDir, 'sandboxes'))) leftovers.add(name);
+    for (const id of leftovers) {
+      if (keep.has(id) || !SANDBOX_ID_RE.test(id)) continue;
+      await container.destroy(id).catch(() => {});
+      removed.push(id);
+    }
+    // cgroups are shared by every data dir on the host: only remove the ones this store knows ended.
+    for (const id of childCgroups('/airlock')) {
+      if (keep.has(id) || !SANDBOX_ID_RE.test(id)) continue;
+      const rec = this.sandboxes.get(id);
+      if (rec && isTerminal(rec.state)) { removeCgroup(cgroupsPathFor(id)); removed.push(`cgroup:${id}`); }
+    }
+    if (adopted.length || ended.length || removed.length) this.log('info', 'reconciled', { adopted, ended, removed });
+    return { adopted, ended, removed };
+  }
+
+  /** Takes ownership of a sandbox whose owner is gone; only one process can win the swap. */
+  private claim(rec: SandboxRecord): boolean {
+    if (rec.ownerPid === this.ownerPid) return true;
+    const r = this.db.prepare('UPDATE sandboxes SET owner_pid = ?, owner_start = ? WHERE id = ? AND owner_pid IS ? AND owner_start IS ?')
+      .run(this.ownerPid, this.ownerStart, rec.id, rec.ownerPid, rec.ownerStart);
+    return r.changes === 1;
+  }
+}
+
+/** Bounded capture of one output stream, decoded once at the end so multi-byte characters stay whole. */
+class Capture {
+  private chunks: Buffer[] = [];
+  private kept = 0;
+  total = 0;
+  truncated = false;
+  constructor(private readonly limit: number) {}
+  push(b: Buffer): void {
+    this.total += b.length;
+    if (this.kept >= this.limit) { this.truncated = true; return; }
+    const room = this.limit - this.kept;
+    const part = b.length > room ? b.subarray(0, room) : b;
+    if (part.length < b.length) this.truncated = true;
+    this.chunks.push(part);
+    this.kept += part.length;
+  }
+  text(): string {
+    return Buffer.concat(this.chunks, this.kept).toString('utf8');
+  }
+}
+
+function checkPath(path: string): void {
+  if (typeof path !== 'string' || !path.startsWith('/') || path.includes('\0') || Buffer.byteLength(path) > 4096) {
+    throw badRequest('path: must be an absolute path without NUL, at most 4096 bytes', 'path');
+  }
+}
+
+const RESERVED_TARGETS = ['/proc', '/sys', '/dev', '/run/airlock'];
+
+function checkMount(m: { source: string; target: string; readOnly: boolean }, i: number) {
+  const field = `mounts.${i}`;
+  if (m.source.split('/').includes('..') || m.target.split('/').includes('..')) {
+    throw badRequest(`${field}: paths must not contain ..`, field);
+  }
+  const target = m.target.replace(/\/+$/, '') || '/';
+  if (target === '/' || RESERVED_TARGETS.some((r) => target === r || target.startsWith(r + '/'))) {
+    throw badRequest(`${field}.target: ${m.target} is reserved`, `${field}.target`);
+  }
+  let source: string;
+  try {
+    // Resolve links now, so what is checked is what gets bound.
+    source = realpathSync(m.source);
+    statSync(source);
+  } catch {
+    throw badRequest(`${field}.source: ${m.source} does not exist on the host`, `${field}.source`);
+  }
+  return { source, target, readOnly: m.readOnly };
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}

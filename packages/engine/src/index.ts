@@ -1,0 +1,12 @@
+export * from './types.js';
+export * from './errors.js';
+export type * from './engine-api.js';
+export { Engine, EXEC_CAPTURE_LIMIT, type EngineOptions } from './engine.js';
+export { sandboxSpecInputSchema, resourcesSchema, mountSchema, DEFAULT_RESOURCES, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS } from './sandbox/spec.js';
+export { execRequestSchema } from './sandbox/exec-schema.js';
+export { EventLog, eventHash } from './audit/event-log.js';
+export { canonicalJson } from './audit/canonical-json.js';
+export { runDoctor } from './doctor.js';
+export { TemplateStore } from './template/template-store.js';
+export { buildTemplate } from './template/build-template.js';
+export { DEFAULT_DATA_DIR, SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from './constants.js';

@@ -1,0 +1,125 @@
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AGENT_PATH_IN_SANDBOX, CONTROL_DIR_IN_SANDBOX, HOST_SOCKET_NAME, SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from '../constants.js';
+import { run } from '../util/run.js';
+import { oomKills, pidsMaxHits, removeCgroup } from './cgroups.js';
+import type { DriverStatus, LimitCounters, RuntimeDriver, SandboxLaunch } from './driver.js';
+import { buildOciSpec } from './oci-spec.js';
+import { mountRootfs, unmountRootfs } from './rootfs.js';
+
+export const cgroupsPathFor = (id: string) => `/airlock/${id}`;
+
+/**
+ * The `container` tier: an OCI bundle run by runc (user, pid, mount, ipc, uts, net and cgroup
+ * namespaces, seccomp allowlist, dropped capabilities). runc runs detached and exits, so an
+ * idle sandbox costs the host only its agent process.
+ */
+export class ContainerDriver implements RuntimeDriver {
+  readonly name = 'container' as const;
+  private readonly stateRoot: string;
+
+  constructor(private readonly dataDir: string, private readonly runtimeBinary = 'runc') {
+    this.stateRoot = join(dataDir, 'runc');
+    mkdirSync(this.stateRoot, { recursive: true, mode: 0o700 });
+  }
+
+  private sandboxDir(id: string): string {
+    return join(this.dataDir, 'sandboxes', id);
+  }
+
+  async start(l: SandboxLaunch): Promise<void> {
+    const bundle = join(l.dir, 'bundle');
+    mkdirSync(bundle, { recursive: true, mode: 0o700 });
+    mkdirSync(join(l.controlDir, 'bin'), { recursive: true, mode: 0o755 });
+    // The agent binary is bound onto this placeholder; it must exist because /run/airlock is read-only inside.
+    closeSync(openSync(join(l.controlDir, 'bin', 'airlock-agent'), 'a', 0o755));
+    try {
+      const { rootfs } = await mountRootfs(l.dir, l.template.rootfs, l.spec.resources.diskMiB);
+      const spec = buildOciSpec({
+        rootfsPath: rootfs,
+        hostname: `airlock-${l.id.slice(0, 8)}`,
+        args: [AGENT_PATH_IN_SANDBOX, '--connect', `${CONTROL_DIR_IN_SANDBOX}/${HOST_SOCKET_NAME}`],
+        env: [`AIRLOCK_AGENT_TOKEN=${l.agentToken}`, 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'],
+        cwd: '/',
+        uidMapBase: SANDBOX_ID_BASE,
+        idMapSize: SANDBOX_ID_SIZE,
+        resources: l.spec.resources,
+        cgroupsPath: cgroupsPathFor(l.id),
+        binds: [
+          { source: l.controlDir, target: CONTROL_DIR_IN_SANDBOX, readOnly: true },
+          { source: l.agentBinary, target: AGENT_PATH_IN_SANDBOX, readOnly: true },
+          ...l.spec.mounts.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
+        ],
+        oomScoreAdj: -1000,
+      });
+      writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
+      // runc's own errors and the agent's fatal messages land here; read back on failure.
+      const logPath = join(l.dir, 'runtime.log');
+      const logFd = openSync(logPath, 'w', 0o600);
+      try {
+        const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'run', '--detach', '--bundle', bundle, l.id], {
+          stdio: ['ignore', 'ignore', logFd],
+          allowFailure: true,
+          timeoutMs: 30_000,
+        });
+        if (r.code !== 0) {
+          throw new Error(`${this.runtimeBinary} could not start the sandbox: ${readTail(logPath)}`);
+        }
+      } finally {
+        closeSync(logFd);
+      }
+    } catch (e) {
+      await this.destroy(l.id);
+      throw e;
+    }
+  }
+
+  async destroy(id: string): Promise<void> {
+    await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+    removeCgroup(cgroupsPathFor(id));
+    const dir = this.sandboxDir(id);
+    await unmountRootfs(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  async status(id: string): Promise<DriverStatus> {
+    const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'state', id], { allowFailure: true, timeoutMs: 10_000 });
+    if (r.code !== 0) return 'absent';
+    try {
+      const s = JSON.parse(r.stdout) as { status?: string };
+      if (s.status === 'running') return 'running';
+      if (s.status === 'paused') return 'paused';
+      return 'stopped';
+    } catch {
+      return 'absent';
+    }
+  }
+
+  async list(): Promise<string[]> {
+    const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'list', '--format', 'json'], { allowFailure: true, timeoutMs: 10_000 });
+    if (r.code !== 0) return [];
+    try {
+      const arr = JSON.parse(r.stdout || 'null') as { id: string }[] | null;
+      return (arr ?? []).map((c) => c.id);
+    } catch {
+      return [];
+    }
+  }
+
+  limitCounters(id: string): LimitCounters {
+    const path = cgroupsPathFor(id);
+    return { oomKills: oomKills(path), pidsMaxHits: pidsMaxHits(path) };
+  }
+}
+
+function readTail(path: string): string {
+  try {
+    const text = readFileSync(path, 'utf8').trim();
+    const lines = text.split('\n').slice(-5).map((l) => {
+      try { return (JSON.parse(l) as { msg?: string }).msg ?? l; } catch { return l; }
+    });
+    return lines.join('; ').slice(-2000) || 'no output';
+  } catch {
+    return 'no output';
+  }
+}

@@ -1,0 +1,76 @@
+import { z } from 'zod';
+import { badRequest } from '../errors.js';
+import type { SandboxSpec, SandboxSpecInput } from '../types.js';
+
+export const DEFAULT_RESOURCES = { cpus: 1, memoryMiB: 512, diskMiB: 1024, pids: 256 } as const;
+export const DEFAULT_TIMEOUT_SECONDS = 300;
+export const MAX_TIMEOUT_SECONDS = 86_400;
+
+const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a shell-style variable name').max(256);
+const noNul = (max: number) => z.string().max(max).refine((s) => !s.includes('\0'), 'must not contain NUL');
+export const absolutePath = noNul(4096).refine((p) => p.startsWith('/'), 'must be an absolute path');
+
+export const resourcesSchema = z.object({
+  cpus: z.number().min(0.01).max(64).optional(),
+  memoryMiB: z.number().int().min(16).max(262_144).optional(),
+  diskMiB: z.number().int().min(16).max(1_048_576).optional(),
+  pids: z.number().int().min(8).max(65_536).optional(),
+}).strict();
+
+const hostPattern = z.string().min(1).max(253).regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$|^[0-9a-fA-F:.]+(\/\d{1,3})?$/, 'must be a host name, *.suffix, an IP or a CIDR');
+
+export const mountSchema = z.object({
+  source: absolutePath,
+  target: absolutePath,
+  readOnly: z.boolean().optional(),
+}).strict();
+
+export const sandboxSpecInputSchema = z.object({
+  template: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be a template name').optional(),
+  runtime: z.enum(['container', 'gvisor', 'microvm']).optional(),
+  resources: resourcesSchema.optional(),
+  timeoutSeconds: z.number().int().min(1).max(MAX_TIMEOUT_SECONDS).optional(),
+  network: z.object({
+    allow: z.array(hostPattern).max(256).optional(),
+    deny: z.array(hostPattern).max(256).optional(),
+  }).strict().optional(),
+  mounts: z.array(mountSchema).max(32).optional(),
+  env: z.record(envKey, noNul(128 * 1024)).optional(),
+  workdir: absolutePath.optional(),
+  metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
+}).strict();
+
+/** Zod's first issue as "field.path: message", the form every 400 uses. */
+export function firstIssue(err: z.ZodError): { field: string; message: string } {
+  const issue = err.issues[0];
+  const field = issue ? issue.path.map(String).join('.') : '';
+  return { field, message: issue ? `${field || 'body'}: ${issue.message}` : 'invalid input' };
+}
+
+export function parseSpec(input: unknown): SandboxSpec {
+  const r = sandboxSpecInputSchema.safeParse(input ?? {});
+  if (!r.success) {
+    const { field, message } = firstIssue(r.error);
+    throw badRequest(message, field);
+  }
+  const i: SandboxSpecInput = r.data as SandboxSpecInput;
+  const env = i.env ?? {};
+  if (Object.keys(env).length > 512) throw badRequest('env: at most 512 variables', 'env');
+  const metadata = i.metadata ?? {};
+  if (Object.keys(metadata).length > 64) throw badRequest('metadata: at most 64 entries', 'metadata');
+  return {
+    template: i.template ?? 'base',
+    runtime: i.runtime ?? 'container',
+    resources: { ...DEFAULT_RESOURCES, ...stripUndefined(i.resources ?? {}) },
+    timeoutSeconds: i.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
+    network: { allow: i.network?.allow ?? [], deny: i.network?.deny ?? [] },
+    mounts: (i.mounts ?? []).map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly ?? true })),
+    env,
+    workdir: i.workdir ?? '/work',
+    metadata,
+  };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

@@ -1,0 +1,73 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+export type Db = Database.Database;
+
+/** Ordered schema migrations; the index + 1 is the schema version stored in user_version. */
+const MIGRATIONS: string[] = [
+  `CREATE TABLE sandboxes (
+     id TEXT PRIMARY KEY,
+     tenant TEXT NOT NULL,
+     state TEXT NOT NULL,
+     runtime TEXT NOT NULL,
+     template TEXT NOT NULL,
+     spec TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     started_at INTEGER,
+     ended_at INTEGER,
+     expires_at INTEGER NOT NULL,
+     reason TEXT,
+     owner_pid INTEGER,
+     owner_start TEXT,
+     agent_token TEXT NOT NULL
+   );
+   CREATE INDEX sandboxes_state ON sandboxes(state);
+   CREATE INDEX sandboxes_tenant ON sandboxes(tenant);
+   CREATE TABLE api_keys (
+     id TEXT PRIMARY KEY,
+     tenant TEXT,
+     scope TEXT NOT NULL,
+     salt TEXT NOT NULL,
+     hash TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     revoked_at INTEGER
+   );
+   CREATE TABLE events (
+     seq INTEGER PRIMARY KEY,
+     ts TEXT NOT NULL,
+     tenant TEXT NOT NULL,
+     sandbox TEXT,
+     type TEXT NOT NULL,
+     data TEXT NOT NULL,
+     prev TEXT NOT NULL,
+     hash TEXT NOT NULL
+   );
+   CREATE INDEX events_sandbox ON events(sandbox, seq);`,
+];
+
+export function openDb(file: string): Db {
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  const db = new Database(file);
+  // WAL lets the daemon and embedded CLI processes share one data dir without blocking readers.
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Db): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  if (current > MIGRATIONS.length) {
+    throw new Error(`database schema version ${current} is newer than this Airlock (${MIGRATIONS.length})`);
+  }
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    const sql = MIGRATIONS[v]!;
+    db.transaction(() => {
+      db.exec(sql);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}

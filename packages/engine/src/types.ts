@@ -1,0 +1,142 @@
+/** Public data shapes of the engine. The REST and SDK contracts mirror these. */
+
+export type RuntimeName = 'container' | 'gvisor' | 'microvm';
+
+export type SandboxState =
+  | 'creating'
+  | 'running'
+  | 'paused'
+  | 'stopped'
+  | 'killed'
+  | 'expired'
+  | 'failed';
+
+export const TERMINAL_STATES: readonly SandboxState[] = ['stopped', 'killed', 'expired', 'failed'];
+
+export interface Resources {
+  cpus: number;
+  memoryMiB: number;
+  diskMiB: number;
+  pids: number;
+}
+
+export interface MountSpec {
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+export interface NetworkPolicy {
+  allow: string[];
+  deny: string[];
+}
+
+/** What a caller asks for; defaults are filled in by the engine. */
+export interface SandboxSpecInput {
+  template?: string;
+  runtime?: RuntimeName;
+  resources?: Partial<Resources>;
+  timeoutSeconds?: number;
+  network?: Partial<NetworkPolicy>;
+  mounts?: MountSpec[];
+  env?: Record<string, string>;
+  workdir?: string;
+  metadata?: Record<string, string>;
+}
+
+export interface SandboxSpec {
+  template: string;
+  runtime: RuntimeName;
+  resources: Resources;
+  timeoutSeconds: number;
+  network: NetworkPolicy;
+  mounts: MountSpec[];
+  env: Record<string, string>;
+  workdir: string;
+  metadata: Record<string, string>;
+}
+
+export interface SandboxInfo {
+  id: string;
+  tenant: string;
+  state: SandboxState;
+  runtime: RuntimeName;
+  template: string;
+  resources: Resources;
+  network: NetworkPolicy;
+  mounts: MountSpec[];
+  workdir: string;
+  metadata: Record<string, string>;
+  createdAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
+  expiresAt: string;
+  /** Why the sandbox ended (timeout, oom, killed, error text), null while alive. */
+  reason: string | null;
+}
+
+/** Why an exec ended. */
+export type ExecReason = 'exited' | 'signaled' | 'timeout' | 'oom' | 'killed' | 'sandbox_ended' | 'error';
+
+export interface ExecRequest {
+  cmd: string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Bytes fed to the command's stdin, then EOF. */
+  stdin?: string | Uint8Array;
+  /** Per-command timeout; 0 or absent: bounded only by the sandbox lifetime. */
+  timeoutSeconds?: number;
+  /** Start and return at once; output is discarded, the process is listed by processes(). */
+  background?: boolean;
+  user?: { uid: number; gid: number };
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+  reason: ExecReason;
+  /** true when stdout/stderr were cut at the capture cap. */
+  truncated?: boolean;
+}
+
+export interface ExecHandlers {
+  onStdout?: (chunk: Buffer) => void;
+  onStderr?: (chunk: Buffer) => void;
+  /** Abort (e.g. client disconnected): the process group is killed. */
+  signal?: AbortSignal;
+}
+
+export interface ExecExit {
+  exitCode: number;
+  reason: ExecReason;
+  durationMs: number;
+  signal?: number;
+}
+
+export interface ProcessInfo {
+  pid: number;
+  /** exec id when Airlock started it, else null. */
+  execId: string | null;
+  cmdline: string[];
+}
+
+export interface FileEntry {
+  name: string;
+  type: 'file' | 'dir' | 'symlink' | 'other';
+  size: number;
+  mode: number;
+  mtime: string;
+}
+
+export interface AuditEvent {
+  seq: number;
+  ts: string;
+  tenant: string;
+  sandbox: string | null;
+  type: string;
+  data: Record<string, unknown>;
+  prev: string;
+  hash: string;
+}

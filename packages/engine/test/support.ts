@@ -1,0 +1,64 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Engine } from '../src/engine.js';
+
+/** Templates are built once per machine by the README's first command. */
+export const TEMPLATES_DIR = process.env.AIRLOCK_TEMPLATES_DIR ?? '/var/lib/airlock/templates';
+
+export function tempDataDir(tag: string): string {
+  return mkdtempSync(join(tmpdir(), `airlock-test-${tag}-`));
+}
+
+export async function openTestEngine(tag: string): Promise<{ engine: Engine; dataDir: string }> {
+  const dataDir = tempDataDir(tag);
+  const engine = await Engine.open({ dataDir, templatesDir: TEMPLATES_DIR });
+  return { engine, dataDir };
+}
+
+/** Every host object a sandbox of this data dir could have left: mounts, runc state, cgroups, dirs. */
+export function hostLeftovers(dataDir: string, ids: string[]): string[] {
+  const left: string[] = [];
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const mp = line.split(' ')[4];
+    if (mp && mp.startsWith(dataDir + '/')) left.push(`mount ${mp}`);
+  }
+  const runcRoot = join(dataDir, 'runc');
+  if (existsSync(runcRoot)) {
+    const out = execFileSync('runc', ['--root', runcRoot, 'list', '-q']).toString().trim();
+    if (out) left.push(`runc ${out.replace(/\n/g, ' ')}`);
+  }
+  for (const id of ids) {
+    for (const ctl of ['memory', 'pids', 'cpu', 'freezer', 'unified', '']) {
+      const d = join('/sys/fs/cgroup', ctl, 'airlock', id);
+      if (existsSync(d)) left.push(`cgroup ${d}`);
+    }
+    if (existsSync(join(dataDir, 'sandboxes', id))) left.push(`dir sandboxes/${id}`);
+  }
+  return left;
+}
+
+export function assertHostClean(dataDir: string, ids: string[]): void {
+  assert.deepEqual(hostLeftovers(dataDir, ids), [], 'sandbox leftovers on the host');
+}
+
+export async function closeAndClean(engine: Engine, dataDir: string, ids: string[]): Promise<void> {
+  const caller = { tenant: null };
+  for (const s of engine.listSandboxes(caller)) {
+    if (s.state === 'running' || s.state === 'paused' || s.state === 'creating') await engine.killSandbox(caller, s.id).catch(() => {});
+  }
+  await engine.close();
+  const left = hostLeftovers(dataDir, ids);
+  rmSync(dataDir, { recursive: true, force: true });
+  assert.deepEqual(left, [], 'sandbox leftovers on the host');
+}
+
+export function sandboxIdsIn(dataDir: string): string[] {
+  try {
+    return readdirSync(join(dataDir, 'sandboxes'));
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,113 @@
+/** airlockd: the HTTP API over the Airlock engine. Handlers stay thin; the engine does the work. */
+import { readFileSync } from 'node:fs';
+import fastifySwagger from '@fastify/swagger';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
+import type { AirlockEngine } from '@airlock/engine';
+import { registerAuth } from './auth.js';
+import { mapError } from './errors.js';
+import { LiveRequests } from './live-requests.js';
+import { requestIdFrom } from './request-id.js';
+import { eventRoutes } from './routes/events.js';
+import { execRoutes } from './routes/exec.js';
+import { fileRoutes } from './routes/files.js';
+import { metaRoutes } from './routes/meta.js';
+import { sandboxRoutes } from './routes/sandboxes.js';
+
+export interface ServerOptions {
+  engine: AirlockEngine;
+  /** false: silent; true (default): JSON logs at info; an object: pino options. */
+  logger?: boolean | object;
+  /** JSON request bodies; default 1 MiB. */
+  bodyLimitBytes?: number;
+  /** File uploads (PUT /files); default 256 MiB. */
+  uploadLimitBytes?: number;
+  /** Reported by /healthz and /openapi.json; default this package's version. */
+  version?: string;
+}
+
+export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
+export const DEFAULT_UPLOAD_LIMIT_BYTES = 256 * 1024 * 1024;
+
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
+  } catch {
+    return '0.0.0';
+  }
+}
+
+export async function buildServer(opts: ServerOptions): Promise<FastifyInstance> {
+  const version = opts.version ?? packageVersion();
+  const live = new LiveRequests();
+  const app = Fastify({
+    logger: opts.logger ?? true,
+    bodyLimit: opts.bodyLimitBytes ?? DEFAULT_BODY_LIMIT_BYTES,
+    genReqId: requestIdFrom,
+    requestIdHeader: false,
+    return503OnClosing: true,
+  }) as unknown as FastifyInstance;
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+
+  app.setErrorHandler((err, req, reply) => {
+    const mapped = mapError(err);
+    if (mapped.internal) req.log.error({ err }, 'request failed');
+    if (reply.sent || reply.raw.headersSent) return;
+    return reply.code(mapped.status).send(mapped.body);
+  });
+  app.setNotFoundHandler((req, reply) => reply.code(404).send({
+    error: { code: 'not_found', message: `no route ${req.method} ${req.url.split('?')[0]}` },
+  }));
+
+  // First hook: even a 401 or a 404 carries the id a client can quote.
+  app.addHook('onRequest', async (req, reply) => { reply.header('x-request-id', req.id); });
+  registerAuth(app, opts.engine);
+  app.addHook('preClose', async () => { live.stopAll(); });
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: { title: 'Airlock API', description: 'Self-hosted sandboxes for AI agents', version },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+
+  sandboxRoutes(app, opts.engine);
+  execRoutes(app, opts.engine, live);
+  fileRoutes(app, opts.engine, opts.uploadLimitBytes ?? DEFAULT_UPLOAD_LIMIT_BYTES);
+  eventRoutes(app, opts.engine, live);
+  metaRoutes(app, opts.engine, version);
+  return app;
+}
+
+/** "127.0.0.1:7070", "[::1]:7070", ":7070" (all interfaces), "7070". */
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(listen) ?? /^()()([0-9]{1,5})$/.exec(listen);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65_535)) throw new Error(`listen address must look like 127.0.0.1:7070, got ${JSON.stringify(listen)}`);
+  const host = m[1] ?? (m[2] || '0.0.0.0');
+  return { host, port };
+}
+
+export async function startServer(opts: ServerOptions & { listen: string }): Promise<{
+  app: FastifyInstance;
+  /** host:port actually bound (the port filled in when :0 was asked for). */
+  address: string;
+  /** http://host:port, ready for AIRLOCK_URL. */
+  url: string;
+  close(): Promise<void>;
+}> {
+  const { host, port } = parseListen(opts.listen);
+  const app = await buildServer(opts);
+  await app.listen({ host, port });
+  const bound = app.server.address();
+  const boundPort = bound && typeof bound === 'object' ? bound.port : port;
+  const hostPart = host.includes(':') ? `[${host}]` : host;
+  const address = `${hostPart}:${boundPort}`;
+  return { app, address, url: `http://${address}`, close: () => app.close() };
+}

@@ -1,0 +1,65 @@
+import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { AirlockEngine, ListFilter, SandboxSpecInput } from '@airlock/engine';
+import { callerOf } from '../auth.js';
+import { HttpError } from '../errors.js';
+import {
+  createSandboxBody, errorResponses, idParams, listSandboxesQuery, sandboxInfo, sandboxList, setTimeoutBody,
+} from '../schemas.js';
+
+const tags = ['sandboxes'];
+
+/** `?state=running&metadata.team=x` → ListFilter; anything else is a typo worth a 400. */
+export function listFilterFrom(query: Record<string, unknown>): ListFilter {
+  const filter: ListFilter = {};
+  const metadata: Record<string, string> = {};
+  for (const [key, value] of Object.entries(query)) {
+    if (key === 'state') continue;
+    if (!key.startsWith('metadata.') || key.length === 'metadata.'.length) {
+      throw new HttpError(400, 'bad_request', `${key}: unknown query parameter`, key);
+    }
+    if (typeof value !== 'string') throw new HttpError(400, 'bad_request', `${key}: give it once`, key);
+    metadata[key.slice('metadata.'.length)] = value;
+  }
+  if (typeof query.state === 'string') filter.state = query.state as ListFilter['state'];
+  if (Object.keys(metadata).length > 0) filter.metadata = metadata;
+  return filter;
+}
+
+export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void {
+  const r = app.withTypeProvider<ZodTypeProvider>();
+
+  r.post('/v1/sandboxes', {
+    schema: {
+      tags, summary: 'Create and start a sandbox',
+      body: createSandboxBody.optional(),
+      response: { 201: sandboxInfo, ...errorResponses },
+    },
+  }, async (req, reply) => {
+    const info = await engine.createSandbox(callerOf(req), (req.body ?? {}) as SandboxSpecInput);
+    return reply.code(201).send(info);
+  });
+
+  r.get('/v1/sandboxes', {
+    schema: {
+      tags, summary: 'List sandboxes (filter with state= and metadata.KEY=VALUE)',
+      querystring: listSandboxesQuery,
+      response: { 200: sandboxList, ...errorResponses },
+    },
+  }, async (req) => ({ sandboxes: engine.listSandboxes(callerOf(req), listFilterFrom(req.query)) }));
+
+  r.get('/v1/sandboxes/:id', {
+    schema: { tags, summary: 'Get one sandbox', params: idParams, response: { 200: sandboxInfo, ...errorResponses } },
+  }, async (req) => engine.getSandbox(callerOf(req), req.params.id));
+
+  r.delete('/v1/sandboxes/:id', {
+    schema: { tags, summary: 'Kill a sandbox', params: idParams, response: { 200: sandboxInfo, ...errorResponses } },
+  }, async (req) => engine.killSandbox(callerOf(req), req.params.id));
+
+  r.post('/v1/sandboxes/:id/timeout', {
+    schema: {
+      tags, summary: 'Set the remaining lifetime to timeoutSeconds from now',
+      params: idParams, body: setTimeoutBody, response: { 200: sandboxInfo, ...errorResponses },
+    },
+  }, async (req) => engine.setSandboxTimeout(callerOf(req), req.params.id, req.body.timeoutSeconds));
+}

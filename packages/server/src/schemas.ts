@@ -1,0 +1,202 @@
+/**
+ * Request and response schemas of the REST API. The same zod objects validate requests,
+ * serialize responses and generate /openapi.json, so the document cannot drift from the code.
+ * The engine validates again (it has other front ends); these bounds are the HTTP boundary's.
+ */
+import { z } from 'zod';
+
+const MAX_PATH_BYTES = 4096;
+const MAX_ARG_BYTES = 128 * 1024;
+
+const byteLength = (s: string) => Buffer.byteLength(s, 'utf8');
+const noNul = (s: string) => !s.includes('\0');
+
+/** A string bounded in UTF-8 bytes (what the kernel and the agent count), without NUL. */
+const boundedString = (maxBytes: number) =>
+  z.string()
+    .refine(noNul, 'must not contain NUL')
+    .refine((s) => byteLength(s) <= maxBytes, `must be at most ${maxBytes} bytes`);
+
+export const absolutePath = z.string()
+  .min(1)
+  .refine((p) => p.startsWith('/'), 'must be an absolute path')
+  .refine(noNul, 'must not contain NUL')
+  .refine((p) => byteLength(p) <= MAX_PATH_BYTES, `must be at most ${MAX_PATH_BYTES} bytes`)
+  .describe('absolute path inside the sandbox');
+
+export const sandboxId = z.string().regex(/^[a-z0-9]{1,64}$/, 'must be a sandbox id').describe('sandbox id');
+
+const envKey = z.string().max(256).regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a shell-style variable name');
+export const envMap = z.record(envKey, boundedString(MAX_ARG_BYTES)).describe('environment variables');
+
+const runtimeName = z.enum(['container', 'gvisor', 'microvm']);
+const sandboxState = z.enum(['creating', 'running', 'paused', 'stopped', 'killed', 'expired', 'failed']);
+const hostPattern = z.string().min(1).max(253).describe('host name, *.suffix, IP or CIDR');
+
+export const resourcesInput = z.strictObject({
+  cpus: z.number().min(0.01).max(64).optional(),
+  memoryMiB: z.number().int().min(16).max(262_144).optional(),
+  diskMiB: z.number().int().min(16).max(1_048_576).optional(),
+  pids: z.number().int().min(8).max(65_536).optional(),
+});
+
+const mountInput = z.strictObject({
+  source: absolutePath.describe('host path'),
+  target: absolutePath,
+  readOnly: z.boolean().optional().describe('default true'),
+});
+
+export const createSandboxBody = z.strictObject({
+  template: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be a template name').optional(),
+  runtime: runtimeName.optional(),
+  resources: resourcesInput.optional(),
+  timeoutSeconds: z.number().int().min(1).max(86_400).optional().describe('sandbox lifetime'),
+  network: z.strictObject({
+    allow: z.array(hostPattern).max(256).optional(),
+    deny: z.array(hostPattern).max(256).optional(),
+  }).optional(),
+  mounts: z.array(mountInput).max(32).optional(),
+  env: envMap.optional(),
+  workdir: absolutePath.optional(),
+  metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
+});
+
+export const setTimeoutBody = z.strictObject({
+  timeoutSeconds: z.number().int().min(1).max(86_400),
+});
+
+export const execBody = z.strictObject({
+  cmd: z.array(boundedString(MAX_ARG_BYTES)).min(1).max(4096)
+    .refine((c) => (c[0] ?? '').length > 0, 'the program name must not be empty')
+    .describe('program and arguments, no shell involved'),
+  cwd: absolutePath.optional(),
+  env: envMap.optional(),
+  stdin: z.string().optional().describe('UTF-8 text fed to stdin, then EOF'),
+  timeoutSeconds: z.number().min(0).max(86_400).optional().describe('0 or absent: bounded by the sandbox lifetime'),
+  background: z.boolean().optional(),
+});
+
+export const idParams = z.object({ id: sandboxId });
+export const processParams = z.object({
+  id: sandboxId,
+  pid: z.coerce.number().int().min(1).max(2_147_483_647),
+});
+
+/** Query values arrive as strings; "1"/"true" and "0"/"false" are the booleans curl users type. */
+const queryBool = z.enum(['1', '0', 'true', 'false']).transform((v) => v === '1' || v === 'true');
+
+export const listSandboxesQuery = z.looseObject({
+  state: sandboxState.optional(),
+}).describe('also metadata.KEY=VALUE filters');
+
+export const filePathQuery = z.strictObject({ path: absolutePath });
+export const fileWriteQuery = z.strictObject({
+  path: absolutePath,
+  mode: z.string().regex(/^0?[0-7]{1,4}$/, 'must be an octal mode like 0644').optional(),
+});
+export const fileDeleteQuery = z.strictObject({ path: absolutePath, recursive: queryBool.optional() });
+
+export const killProcessQuery = z.strictObject({
+  signal: z.string().regex(/^(SIG)?[A-Z0-9]{2,8}$|^[0-9]{1,2}$/, 'must be a signal name or number').optional()
+    .describe('name (SIGTERM) or number; default SIGKILL'),
+});
+
+export const eventsQuery = z.strictObject({
+  sandbox: sandboxId.optional(),
+  type: z.string().min(1).max(64).optional(),
+  after: z.coerce.number().int().min(0).optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).optional(),
+  follow: queryBool.optional().describe('1: Server-Sent Events, resumable with Last-Event-ID'),
+});
+
+// ---- responses (loose: a newer engine may add fields, and clients must tolerate them) ----
+
+export const errorBody = z.object({
+  error: z.object({ code: z.string(), message: z.string(), field: z.string().optional() }),
+});
+
+const resources = z.looseObject({ cpus: z.number(), memoryMiB: z.number(), diskMiB: z.number(), pids: z.number() });
+
+export const sandboxInfo = z.looseObject({
+  id: z.string(),
+  tenant: z.string(),
+  state: sandboxState,
+  runtime: runtimeName,
+  template: z.string(),
+  resources,
+  network: z.looseObject({ allow: z.array(z.string()), deny: z.array(z.string()) }),
+  mounts: z.array(z.looseObject({ source: z.string(), target: z.string(), readOnly: z.boolean() })),
+  workdir: z.string(),
+  metadata: z.record(z.string(), z.string()),
+  createdAt: z.string(),
+  startedAt: z.string().nullable(),
+  endedAt: z.string().nullable(),
+  expiresAt: z.string(),
+  reason: z.string().nullable(),
+});
+
+export const sandboxList = z.object({ sandboxes: z.array(sandboxInfo) });
+
+const execReason = z.string().describe('exited | signaled | timeout | oom | killed | sandbox_ended | error');
+
+export const execResult = z.looseObject({
+  exitCode: z.number(),
+  stdout: z.string(),
+  stderr: z.string(),
+  durationMs: z.number(),
+  reason: execReason,
+  truncated: z.boolean().optional(),
+});
+
+export const execStarted = z.object({ pid: z.number(), execId: z.string() });
+
+/** Documents the NDJSON stream; each line is one of these. */
+export const execStreamLine = z.union([
+  z.object({ type: z.enum(['stdout', 'stderr']), data: z.string() }),
+  z.object({ type: z.literal('exit'), exitCode: z.number(), reason: execReason, durationMs: z.number(), truncated: z.boolean().optional() }),
+  z.object({ type: z.literal('error'), error: z.object({ code: z.string(), message: z.string() }) }),
+]);
+
+export const processList = z.object({
+  processes: z.array(z.looseObject({ pid: z.number(), execId: z.string().nullable(), cmdline: z.array(z.string()) })),
+});
+
+const fileType = z.enum(['file', 'dir', 'symlink', 'other']);
+
+export const fileEntries = z.object({
+  entries: z.array(z.looseObject({ name: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() })),
+});
+
+export const fileStat = z.looseObject({ path: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() });
+
+export const templateList = z.object({
+  templates: z.array(z.looseObject({
+    name: z.string(),
+    path: z.string().optional().describe('host path; admin callers only'),
+    sizeBytes: z.number().nullable(),
+    createdAt: z.string(),
+  })),
+});
+
+export const auditEvent = z.looseObject({
+  seq: z.number(),
+  ts: z.string(),
+  tenant: z.string(),
+  sandbox: z.string().nullable(),
+  type: z.string(),
+  data: z.record(z.string(), z.unknown()),
+  prev: z.string(),
+  hash: z.string(),
+});
+
+export const eventList = z.object({ events: z.array(auditEvent) });
+
+export const health = z.object({ ok: z.boolean(), version: z.string() });
+
+export const noContent = z.undefined().describe('no content');
+
+/** Error statuses every authenticated route may answer. */
+export const errorResponses = {
+  '4xx': errorBody,
+  '5xx': errorBody,
+} as const;
