@@ -4,10 +4,18 @@
  */
 import type {
   DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo,
-  SandboxSpecInput, SandboxState, TemplateInfo,
+  SandboxSpecInput, SandboxState,
 } from '@airlock/engine';
 
-export type { DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo };
+export type { DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState };
+
+/** A template as both backends report it (a remote daemon shows `path` only to admins). */
+export interface TemplateInfo {
+  name: string;
+  path?: string;
+  sizeBytes: number | null;
+  createdAt: string;
+}
 
 /** Live output of a streamed exec. Embedded mode hands raw bytes, remote mode decoded text. */
 export interface StreamHandlers {

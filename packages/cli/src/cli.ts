@@ -35,15 +35,15 @@ function addSandboxOptions(cmd: Command): Command {
   return addDataDir(
     cmd
       .addOption(
-        new Option('--runtime <name>', 'isolation: container (fastest), gvisor (user-space kernel), microvm (own kernel)').choices(RUNTIMES),
+        new Option('--runtime <name>', 'isolation: container is fastest, gvisor adds a user-space kernel, microvm its own kernel (default container)').choices(RUNTIMES),
       )
       .option('--template <name>', 'root filesystem to start from (see `airlock template ls`)', 'base')
-      .option('--memory <size>', 'memory limit, e.g. 256m, 1g (k/m/g; plain number = MiB)', (v: string) => parseSizeMiB(v, '--memory'))
-      .option('--cpus <n>', 'CPU limit in cores, e.g. 0.5', (v: string) => parseCpus(v, '--cpus'))
-      .option('--pids <n>', 'most processes and threads at once', (v: string) => parsePositiveInt(v, '--pids'))
-      .option('--disk <size>', 'writable layer size, e.g. 1g', (v: string) => parseSizeMiB(v, '--disk'))
-      .option('--timeout <duration>', 'sandbox lifetime, e.g. 30s, 5m, 1h (plain number = seconds)', (v: string) =>
-        parseDurationSeconds(v, '--timeout'),
+      .option('--memory <size>', 'memory limit, e.g. 256m, 1g; k/m/g suffixes, plain number = MiB (default 512m)', (v: string) => parseSizeMiB(v, '--memory'))
+      .option('--cpus <n>', 'CPU limit in cores, e.g. 0.5 (default 1)', (v: string) => parseCpus(v, '--cpus'))
+      .option('--pids <n>', 'most processes and threads at once (default 256)', (v: string) => parsePositiveInt(v, '--pids'))
+      .option('--disk <size>', 'disk space the sandbox may write, e.g. 500m (default 1g)', (v: string) => parseSizeMiB(v, '--disk'))
+      .option('--timeout <duration>', 'sandbox lifetime, e.g. 30s, 5m, 1h; plain number = seconds (default 5m)', (v: string) =>
+        parseDurationSeconds(v, '--timeout', { wholeSeconds: true }),
       )
       .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all)', collectAllowHost)
       .option('--mount <spec>', 'bind HOSTPATH:PATH[:ro|rw] into the sandbox, read-only by default (repeatable)', collectMount)
@@ -69,7 +69,6 @@ export function buildProgram(result: ActionResult): Command {
     .enablePositionalOptions()
     .exitOverride()
     .configureOutput({ outputError: (str, write) => write(str.replace(/^error: /, 'airlock: ')) })
-    .showHelpAfterError('(run with --help for usage)')
     .addHelpText(
       'after',
       `
@@ -151,7 +150,7 @@ Examples:
       .option('--no-stdin', 'do not forward this command\'s stdin')
       .option('--json', 'print the result {exitCode, stdout, stderr, durationMs, reason} as JSON instead of streaming'),
   )
-    .addHelpText('after', '\nExample:\n  $ airlock sandbox exec sbx_123 --cwd /work --env DEBUG=1 -- make test')
+    .addHelpText('after', '\nExample:\n  $ airlock sandbox exec k3v9x2m4p7qa --cwd /work --env DEBUG=1 -- make test')
     .action((id: string, cmd: string[], opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.execCommand(id, cmd, opts))));
 
   addDataDir(sandbox.command('ps').description('list the processes running in a sandbox').argument('<id>', 'sandbox id'))
@@ -164,7 +163,7 @@ Examples:
       .description('send a signal to a process in a sandbox')
       .argument('<id>', 'sandbox id')
       .argument('<pid>', 'process id inside the sandbox (from `sandbox ps`)', (v: string) => parsePositiveInt(v, 'PID'))
-      .option('--signal <sig>', 'signal name or number', (v: string) => parseSignal(v), parseSignal('SIGTERM')),
+      .addOption(new Option('--signal <sig>', 'signal name or number').default(parseSignal('SIGTERM'), 'SIGTERM').argParser((v: string) => parseSignal(v))),
   ).action((id: string, pid: number, opts: Opts) =>
     set(import('./commands/sandbox.js').then((m) => m.killProcessCommand(id, pid, opts as never))),
   );

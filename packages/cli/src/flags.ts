@@ -25,21 +25,22 @@ export function parseSizeMiB(value: string, flag: string): number {
   const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*(?:([bkmgt])(?:i?b)?)?\s*$/i.exec(value);
   if (!m) throw new UsageError(`${flag}: '${value}' is not a size (examples: 256m, 1g, 512MiB)`);
   const unit = (m[2] ?? 'm').toLowerCase();
-  const mib = Math.ceil(Number(m[1]) * (SIZE_UNITS[unit] ?? 1));
-  if (!Number.isFinite(mib) || mib < 1) throw new UsageError(`${flag}: '${value}' is less than 1 MiB`);
-  if (mib > 16 * 1024 * 1024) throw new UsageError(`${flag}: '${value}' is more than 16 TiB`);
-  return mib;
+  const exact = Number(m[1]) * (SIZE_UNITS[unit] ?? 1);
+  if (!Number.isFinite(exact) || exact < 1) throw new UsageError(`${flag}: '${value}' is less than 1 MiB`);
+  if (exact > 16 * 1024 * 1024) throw new UsageError(`${flag}: '${value}' is more than 16 TiB`);
+  return Math.ceil(exact);
 }
 
 const DURATION_UNITS: Record<string, number> = { ms: 0.001, s: 1, m: 60, h: 3600 };
 
 /** A duration such as `30s`, `5m`, `1h`, `1.5s`, `500ms` → seconds. A plain number is seconds. */
-export function parseDurationSeconds(value: string, flag: string): number {
+export function parseDurationSeconds(value: string, flag: string, opts: { wholeSeconds?: boolean } = {}): number {
   const m = /^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$/i.exec(value);
   if (!m) throw new UsageError(`${flag}: '${value}' is not a duration (examples: 30s, 5m, 1h)`);
   const seconds = Number(m[1]) * (DURATION_UNITS[(m[2] ?? 's').toLowerCase()] ?? 1);
   if (!(seconds > 0)) throw new UsageError(`${flag}: '${value}' must be more than zero`);
   if (seconds > 366 * 24 * 3600) throw new UsageError(`${flag}: '${value}' is more than a year`);
+  if (opts.wholeSeconds && !Number.isInteger(seconds)) throw new UsageError(`${flag}: '${value}' must be whole seconds (examples: 30s, 5m)`);
   // Millisecond precision is all the engine keeps; avoids 0.1+0.2 style noise in messages.
   return Math.round(seconds * 1000) / 1000;
 }
@@ -148,23 +149,26 @@ export function parseSandboxPath(value: string, flag: string): string {
   return value;
 }
 
-export interface HostPort {
-  host: string;
-  port: number;
-}
-
 function parsePort(text: string, value: string, flag: string): number {
   const port = /^\d{1,5}$/.test(text) ? Number(text) : NaN;
   if (!(port >= 0 && port <= 65535)) throw new UsageError(`${flag}: '${value}' has no valid port (0-65535)`);
   return port;
 }
 
-/** `HOST:PORT`, `[v6]:PORT` or a bare `PORT` (on 127.0.0.1) for `serve --listen`. */
-export function parseListen(value: string, flag = '--listen'): HostPort {
-  if (/^\d+$/.test(value)) return { host: '127.0.0.1', port: parsePort(value, value, flag) };
-  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(value);
+/**
+ * `HOST:PORT`, `[v6]:PORT`, `:PORT` (every interface, explicitly) or a bare `PORT` (loopback only:
+ * exposing the API should never be the accident of a short flag) → the `host:port` string airlockd takes.
+ */
+export function parseListen(value: string, flag = '--listen'): string {
+  if (/^\d+$/.test(value)) return `127.0.0.1:${parsePort(value, value, flag)}`;
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d+)$/.exec(value);
   if (!m) throw new UsageError(`${flag}: '${value}' must be HOST:PORT (example: ${flag} 127.0.0.1:7070)`);
-  return { host: (m[1] ?? m[2]) as string, port: parsePort(m[3] as string, value, flag) };
+  const port = parsePort(m[3] as string, value, flag);
+  if (m[1] !== undefined) {
+    if (isIP(m[1]) !== 6) throw new UsageError(`${flag}: '${value}' has no valid IPv6 address in brackets`);
+    return `[${m[1]}]:${port}`;
+  }
+  return `${m[2]}:${port}`;
 }
 
 /** `IP:PORT` (or a bare IP, port 53) of a DNS resolver. */

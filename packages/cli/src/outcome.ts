@@ -15,7 +15,7 @@ export interface Outcome {
 }
 
 export interface OutcomeContext {
-  /** The sandbox after the command ended (looked up only when the exec says the sandbox ended). */
+  /** The sandbox after the command ended (looked up only when the command did not simply exit). */
   sandbox?: SandboxInfo | null;
   /** The per-command timeout that was asked for, in seconds. */
   execTimeoutSeconds?: number;
@@ -39,10 +39,11 @@ function sandboxTimeoutMessage(ctx: OutcomeContext): string {
   return s ? `sandbox timed out after ${formatDuration(s)}` : 'sandbox timed out';
 }
 
-/** Why a sandbox ended, from its record: the engine's reason text, else its final state. */
+/** Why a sandbox ended, from its record: `timeout`, `oom`, or its state. */
 function sandboxEndReason(s: SandboxInfo): string {
   if (s.state === 'expired') return 'timeout';
-  return s.reason ?? s.state;
+  if (s.reason && /out of memory|\boom\b/i.test(s.reason)) return 'oom';
+  return s.state;
 }
 
 export function outcomeOf(result: { exitCode: number; reason: ExecReason }, ctx: OutcomeContext = {}): Outcome {
@@ -52,15 +53,20 @@ export function outcomeOf(result: { exitCode: number; reason: ExecReason }, ctx:
     case 'signaled':
       return { exitCode: result.exitCode, reason: result.reason, message: null };
     case 'timeout': {
+      // The engine says `timeout` for both clocks. Without a per-command timeout only the sandbox's
+      // lifetime can have run out (its record may not say `expired` yet when the exec returns).
       const s = ctx.execTimeoutSeconds;
-      return { exitCode: EXIT.timeout, reason: 'timeout', message: s ? `command timed out after ${formatDuration(s)}` : 'command timed out' };
+      if (s === undefined || ctx.sandbox?.state === 'expired') {
+        return { exitCode: EXIT.timeout, reason: 'timeout', message: sandboxTimeoutMessage(ctx) };
+      }
+      return { exitCode: EXIT.timeout, reason: 'timeout', message: `command timed out after ${formatDuration(s)}` };
     }
     case 'oom':
       return { exitCode: EXIT.killed, reason: 'oom', message: oomMessage(memoryMiB) };
     case 'sandbox_ended':
       return sandboxEnded(ctx);
     case 'killed':
-      return { exitCode: EXIT.killed, reason: 'killed', message: 'command killed' };
+      return { exitCode: result.exitCode > 0 ? result.exitCode : EXIT.killed, reason: 'killed', message: 'command killed' };
     case 'error':
     default:
       // The engine reports "could not start" (not found, not executable) with a shell-like status.
@@ -81,4 +87,9 @@ export function sandboxEnded(ctx: OutcomeContext): Outcome {
   if (why === 'oom') return { exitCode: EXIT.killed, reason: 'oom', message: oomMessage(memoryMiB) };
   const detail = s ? `sandbox ${s.id} ended (${s.state}${s.reason && s.reason !== s.state ? `: ${s.reason}` : ''})` : 'sandbox ended';
   return { exitCode: EXIT.killed, reason: 'sandbox_ended', message: detail };
+}
+
+/** Whether explaining this end needs the sandbox's record (why it ended, its limits). */
+export function needsSandboxRecord(reason: ExecReason): boolean {
+  return reason !== 'exited' && reason !== 'signaled' && reason !== 'error';
 }

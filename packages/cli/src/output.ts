@@ -83,7 +83,8 @@ export function explainError(e: unknown, fallback: number = EXIT.failure): { mes
     return { message: `cannot reach the Airlock daemon: ${sys.message} (check AIRLOCK_URL)`, exitCode: fallback };
   }
   if (isCoded(e)) {
-    const message = e.field && !e.message.includes(e.field) ? `${e.field}: ${e.message}` : e.message;
+    let message = e.field && !e.message.includes(e.field) ? `${e.field}: ${e.message}` : e.message;
+    if (e.code === 'unauthorized') message += ' (set AIRLOCK_API_KEY to a valid key)';
     return { message, exitCode: e.code === 'bad_request' ? EXIT.usage : fallback };
   }
   if (e instanceof Error) return { message: e.message || e.name, exitCode: fallback };

@@ -35,7 +35,6 @@ export async function openBackend(opts: BackendOptions, env: NodeJS.ProcessEnv =
   return EmbeddedBackend.open({
     dataDir: opts.dataDir ?? DEFAULT_DATA_DIR,
     ...(opts.dnsUpstream ? { dnsUpstream: opts.dnsUpstream } : {}),
-    ...(env.AIRLOCK_TEMPLATES_DIR ? { templatesDir: env.AIRLOCK_TEMPLATES_DIR } : {}),
   });
 }
 

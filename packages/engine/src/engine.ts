@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentLink, type AgentExit } from './agent/agent-link.js';
@@ -49,7 +49,7 @@ interface LiveSandbox {
   id: string;
   link: AgentLink;
   /** Set once the engine decided to end the sandbox; in-flight execs report it. */
-  ending: { state: SandboxState; reason: string; execReason: ExecReason } | null;
+  ending: { state: SandboxState; reason: string; execReason: ExecReason; done: Promise<void> } | null;
   execIds: Map<number, string>;
   templateEnv: string[];
 }
@@ -90,7 +90,10 @@ export class Engine implements AirlockEngine {
   private constructor(opts: EngineOptions) {
     this.dataDir = resolve(opts.dataDir ?? DEFAULT_DATA_DIR);
     this.templatesDir = resolve(opts.templatesDir ?? process.env.AIRLOCK_TEMPLATES_DIR ?? join(this.dataDir, 'templates'));
-    mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
+    // 0711: the sandbox's runtime init runs as the unprivileged mapped uid and must be able to
+    // traverse down to its rootfs; nobody may list or read what is in here.
+    mkdirSync(this.dataDir, { recursive: true, mode: 0o711 });
+    chmodSync(this.dataDir, 0o711);
     mkdirSync(join(this.dataDir, 'sandboxes'), { recursive: true, mode: 0o711 });
     this.db = openDb(join(this.dataDir, 'airlock.db'));
     this.sandboxes = new SqliteSandboxRepository(this.db);
@@ -242,8 +245,10 @@ export class Engine implements AirlockEngine {
       const res = await handle.done;
       exit = this.classifyExit(rec, res, before, handlers.signal?.aborted ?? false);
     } catch (e) {
-      const ending = this.live.get(id)?.ending ?? live.ending;
+      const ending = live.ending;
       if (ending) {
+        // Answer only once the sandbox's end is recorded, so a caller that looks sees it.
+        await ending.done;
         exit = { exitCode: ending.execReason === 'timeout' ? 124 : 137, reason: ending.execReason };
       } else if ((e as Error).name === 'AgentDisconnectedError') {
         exit = { exitCode: 137, reason: 'sandbox_ended' };
@@ -523,19 +528,20 @@ export class Engine implements AirlockEngine {
     if (!rec || isTerminal(rec.state)) return;
     assertTransition(id, rec.state, state);
     const live = this.live.get(id);
-    if (live) {
-      if (live.ending) return;
-      live.ending = { state, reason, execReason };
-    }
+    if (live?.ending) return live.ending.done;
     const driver = this.drivers.get(rec.spec.runtime);
-    try {
-      await driver?.destroy(id);
-    } catch (e) {
-      this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: (e as Error).message });
-    }
-    await live?.link.close().catch(() => {});
-    this.live.delete(id);
-    this.finish(id, state, reason);
+    const done = (async () => {
+      try {
+        await driver?.destroy(id);
+      } catch (e) {
+        this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: (e as Error).message });
+      }
+      await live?.link.close().catch(() => {});
+      this.live.delete(id);
+      this.finish(id, state, reason);
+    })();
+    if (live) live.ending = { state, reason, execReason, done };
+    return done;
   }
 
   private finish(id: string, state: SandboxState, reason: string): void {

@@ -51,7 +51,7 @@ export async function closeAndClean(engine: Engine, dataDir: string, ids: string
   }
   await engine.close();
   const left = hostLeftovers(dataDir, ids);
-  rmSync(dataDir, { recursive: true, force: true });
+  removeDataDir(dataDir);
   assert.deepEqual(left, [], 'sandbox leftovers on the host');
 }
 
@@ -61,4 +61,21 @@ export function sandboxIdsIn(dataDir: string): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * Removes a test data dir even when a failed test left sandboxes in it: containers are
+ * deleted and mounts detached first, so the original failure is what gets reported.
+ */
+export function removeDataDir(dataDir: string): void {
+  const runcRoot = join(dataDir, 'runc');
+  if (existsSync(runcRoot)) {
+    for (const id of execFileSync('runc', ['--root', runcRoot, 'list', '-q']).toString().split('\n').filter(Boolean)) {
+      execFileSync('runc', ['--root', runcRoot, 'delete', '--force', id]);
+    }
+  }
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
+    .map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dataDir + '/')).sort((a, b) => b.length - a.length);
+  for (const m of mounts) execFileSync('umount', ['-l', m]);
+  rmSync(dataDir, { recursive: true, force: true });
 }

@@ -11,8 +11,15 @@ import { mapError } from './errors.js';
 
 /** How long to hold the status line back, so an exec that fails at once gets its real status (404, 409). */
 const HEADER_DELAY_MS = 200;
+/**
+ * A blank line this often keeps a silent command's stream alive: fetch (undici) drops a body
+ * that sends nothing for 300 s. NDJSON readers skip blank lines.
+ */
+const KEEPALIVE_MS = 30_000;
 /** Output waiting for a slow client before the command is killed. */
 export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
+/** After that, how long the client gets to drain the rest before its connection is cut. */
+const SLOW_CLIENT_GRACE_MS = 30_000;
 
 export const NDJSON = 'application/x-ndjson';
 
@@ -79,8 +86,11 @@ export async function respondWithExecStream(
     .header('cache-control', 'no-store')
     .header('x-content-type-options', 'nosniff')
     .send(out);
+  const keepalive = setInterval(() => { if (!out.destroyed && !out.writableEnded) out.write('\n'); }, KEEPALIVE_MS);
+  keepalive.unref();
 
   void settled.then(() => {
+    clearInterval(keepalive);
     const o = outcome as Outcome | null;
     flushDecoders();
     if (tooSlow) {
@@ -94,5 +104,8 @@ export async function respondWithExecStream(
       writeLine({ type: 'error', error: { code: body.error.code, message: body.error.message } });
     }
     out.end();
+    if (tooSlow) {
+      setTimeout(() => { if (!reply.raw.writableFinished) reply.raw.destroy(); }, SLOW_CLIENT_GRACE_MS).unref();
+    }
   });
 }

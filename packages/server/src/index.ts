@@ -1,7 +1,7 @@
 /** airlockd: the HTTP API over the Airlock engine. Handlers stay thin; the engine does the work. */
 import { readFileSync } from 'node:fs';
 import fastifySwagger from '@fastify/swagger';
-import Fastify, { type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import type { AirlockEngine } from '@airlock/engine';
 import { registerAuth } from './auth.js';
@@ -28,6 +28,7 @@ export interface ServerOptions {
 
 export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
 export const DEFAULT_UPLOAD_LIMIT_BYTES = 256 * 1024 * 1024;
+const CLOSE_GRACE_MS = 3000;
 
 function packageVersion(): string {
   try {
@@ -47,6 +48,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     genReqId: requestIdFrom,
     requestIdHeader: false,
     return503OnClosing: true,
+    // Errors raised before routing (an undecodable URL) skip the error handler: same body anyway.
+    frameworkErrors: (err, req, reply: FastifyReply) => {
+      const mapped = mapError(err);
+      void reply.code(mapped.status).header('x-request-id', req.id).send(mapped.body);
+    },
   }) as unknown as FastifyInstance;
 
   app.setValidatorCompiler(validatorCompiler);
@@ -54,7 +60,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   app.setErrorHandler((err, req, reply) => {
     const mapped = mapError(err);
-    if (mapped.internal) req.log.error({ err }, 'request failed');
+    if (mapped.internal) {
+      req.log.error({ err }, 'request failed');
+      // The detail stays in the log (it may name host paths); the id lets an operator find it.
+      mapped.body.error.message = `internal error (request ${req.id}; details in the airlockd log)`;
+    }
     if (reply.sent || reply.raw.headersSent) return;
     return reply.code(mapped.status).send(mapped.body);
   });
@@ -65,7 +75,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   // First hook: even a 401 or a 404 carries the id a client can quote.
   app.addHook('onRequest', async (req, reply) => { reply.header('x-request-id', req.id); });
   registerAuth(app, opts.engine);
-  app.addHook('preClose', async () => { live.stopAll(); });
+  app.addHook('preClose', async () => {
+    live.stopAll();
+    // Streams just ended may still be draining; a client that never reads must not hold close() forever.
+    setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS).unref();
+  });
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -85,13 +99,22 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   return app;
 }
 
-/** "127.0.0.1:7070", "[::1]:7070", ":7070" (all interfaces), "7070". */
+/**
+ * "127.0.0.1:7070", "[::1]:7070", ":7070" (every interface, as in Go) or a bare "7070"
+ * (loopback: exposing the API must be asked for).
+ */
 export function parseListen(listen: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(listen) ?? /^()()([0-9]{1,5})$/.exec(listen);
-  const port = m ? Number(m[3]) : NaN;
-  if (!m || !(port >= 0 && port <= 65_535)) throw new Error(`listen address must look like 127.0.0.1:7070, got ${JSON.stringify(listen)}`);
-  const host = m[1] ?? (m[2] || '0.0.0.0');
-  return { host, port };
+  const bare = /^([0-9]{1,5})$/.exec(listen);
+  if (bare) return { host: '127.0.0.1', port: checkPort(bare[1]!, listen) };
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):([0-9]{1,5})$/.exec(listen);
+  if (!m) throw new Error(`listen address must look like 127.0.0.1:7070, got ${JSON.stringify(listen)}`);
+  return { host: m[1] || m[2] || '0.0.0.0', port: checkPort(m[3]!, listen) };
+}
+
+function checkPort(digits: string, listen: string): number {
+  const port = Number(digits);
+  if (port > 65_535) throw new Error(`port out of range in ${JSON.stringify(listen)}`);
+  return port;
 }
 
 export async function startServer(opts: ServerOptions & { listen: string }): Promise<{

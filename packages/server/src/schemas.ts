@@ -97,7 +97,7 @@ export const fileWriteQuery = z.strictObject({
 export const fileDeleteQuery = z.strictObject({ path: absolutePath, recursive: queryBool.optional() });
 
 export const killProcessQuery = z.strictObject({
-  signal: z.string().regex(/^(SIG)?[A-Z0-9]{2,8}$|^[0-9]{1,2}$/, 'must be a signal name or number').optional()
+  signal: z.string().regex(/^(SIG)?[A-Za-z0-9]{2,8}$/, 'must be a signal name or number').optional()
     .describe('name (SIGTERM) or number; default SIGKILL'),
 });
 
@@ -109,23 +109,24 @@ export const eventsQuery = z.strictObject({
   follow: queryBool.optional().describe('1: Server-Sent Events, resumable with Last-Event-ID'),
 });
 
-// ---- responses (loose: a newer engine may add fields, and clients must tolerate them) ----
+// ---- responses: exactly these fields go out (unknown ones are stripped), so nothing internal
+// the engine may carry leaks; clients must still tolerate fields added later. ----
 
 export const errorBody = z.object({
   error: z.object({ code: z.string(), message: z.string(), field: z.string().optional() }),
-});
+}).describe('Error: code (bad_request, unauthorized, not_found, conflict, too_large, …), message, field for 400s');
 
-const resources = z.looseObject({ cpus: z.number(), memoryMiB: z.number(), diskMiB: z.number(), pids: z.number() });
+const resources = z.object({ cpus: z.number(), memoryMiB: z.number(), diskMiB: z.number(), pids: z.number() });
 
-export const sandboxInfo = z.looseObject({
+export const sandboxInfo = z.object({
   id: z.string(),
   tenant: z.string(),
   state: sandboxState,
   runtime: runtimeName,
   template: z.string(),
   resources,
-  network: z.looseObject({ allow: z.array(z.string()), deny: z.array(z.string()) }),
-  mounts: z.array(z.looseObject({ source: z.string(), target: z.string(), readOnly: z.boolean() })),
+  network: z.object({ allow: z.array(z.string()), deny: z.array(z.string()) }),
+  mounts: z.array(z.object({ source: z.string(), target: z.string(), readOnly: z.boolean() })),
   workdir: z.string(),
   metadata: z.record(z.string(), z.string()),
   createdAt: z.string(),
@@ -139,7 +140,7 @@ export const sandboxList = z.object({ sandboxes: z.array(sandboxInfo) });
 
 const execReason = z.string().describe('exited | signaled | timeout | oom | killed | sandbox_ended | error');
 
-export const execResult = z.looseObject({
+export const execResult = z.object({
   exitCode: z.number(),
   stdout: z.string(),
   stderr: z.string(),
@@ -158,19 +159,19 @@ export const execStreamLine = z.union([
 ]);
 
 export const processList = z.object({
-  processes: z.array(z.looseObject({ pid: z.number(), execId: z.string().nullable(), cmdline: z.array(z.string()) })),
+  processes: z.array(z.object({ pid: z.number(), execId: z.string().nullable(), cmdline: z.array(z.string()) })),
 });
 
 const fileType = z.enum(['file', 'dir', 'symlink', 'other']);
 
 export const fileEntries = z.object({
-  entries: z.array(z.looseObject({ name: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() })),
+  entries: z.array(z.object({ name: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() })),
 });
 
-export const fileStat = z.looseObject({ path: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() });
+export const fileStat = z.object({ path: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() });
 
 export const templateList = z.object({
-  templates: z.array(z.looseObject({
+  templates: z.array(z.object({
     name: z.string(),
     path: z.string().optional().describe('host path; admin callers only'),
     sizeBytes: z.number().nullable(),
@@ -178,7 +179,7 @@ export const templateList = z.object({
   })),
 });
 
-export const auditEvent = z.looseObject({
+export const auditEvent = z.object({
   seq: z.number(),
   ts: z.string(),
   tenant: z.string(),

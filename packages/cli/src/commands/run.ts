@@ -1,7 +1,7 @@
 /** `airlock run [flags] -- CMD [ARG...]`: create a sandbox, run CMD in it, destroy it, exit with CMD's status. */
 import type { Backend, ExecRequest, SandboxInfo } from '../backend.js';
 import { watchInterrupts } from '../interrupt.js';
-import { outcomeOf, sandboxEnded, type Outcome } from '../outcome.js';
+import { needsSandboxRecord, outcomeOf, sandboxEnded, type Outcome } from '../outcome.js';
 import { EXIT, ExitError, explainError, warn } from '../output.js';
 import { openBackend } from '../select-backend.js';
 import { specFromFlags, type SandboxFlags } from '../spec.js';
@@ -62,7 +62,7 @@ async function execute(backend: Backend, sandbox: SandboxInfo, req: ExecRequest,
   try {
     if (flags.json) {
       const r = await backend.exec(sandbox.id, req);
-      const s = r.reason === 'sandbox_ended' ? await endedSandbox() : null;
+      const s = needsSandboxRecord(r.reason) ? await endedSandbox() : null;
       const outcome = outcomeOf(r, { ...ctx, sandbox: s });
       process.stdout.write(
         `${JSON.stringify({
@@ -81,7 +81,7 @@ async function execute(backend: Backend, sandbox: SandboxInfo, req: ExecRequest,
       onStderr: (chunk) => process.stderr.write(chunk),
       signal,
     });
-    const s = r.reason === 'sandbox_ended' ? await endedSandbox() : null;
+    const s = needsSandboxRecord(r.reason) ? await endedSandbox() : null;
     return outcomeOf(r, { ...ctx, sandbox: s });
   } catch (e) {
     // The sandbox may have expired or been OOM-killed before or while the command ran.

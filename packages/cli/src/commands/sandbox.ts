@@ -1,7 +1,7 @@
 /** `airlock sandbox …`: sandboxes that outlive one command. */
 import type { BackendOptions, ExecRequest, SandboxInfo, SandboxState } from '../backend.js';
 import { watchInterrupts } from '../interrupt.js';
-import { outcomeOf } from '../outcome.js';
+import { needsSandboxRecord, outcomeOf } from '../outcome.js';
 import { EXIT, formatTable, printJson, shortTime, warn } from '../output.js';
 import { withBackend } from '../with-backend.js';
 import { specFromFlags, type SandboxFlags } from '../spec.js';
@@ -86,7 +86,7 @@ export async function execCommand(id: string, cmd: string[], flags: ExecFlags): 
     const ended = async () => b.getSandbox(id).catch(() => null);
     if (flags.json) {
       const r = await b.exec(id, req);
-      const outcome = outcomeOf(r, { ...ctx, sandbox: r.reason === 'sandbox_ended' || r.reason === 'oom' ? await ended() : null });
+      const outcome = outcomeOf(r, { ...ctx, sandbox: needsSandboxRecord(r.reason) ? await ended() : null });
       printJson(r);
       if (outcome.message) warn(outcome.message);
       return outcome.exitCode;
@@ -103,7 +103,7 @@ export async function execCommand(id: string, cmd: string[], flags: ExecFlags): 
         warn('interrupted: command killed');
         return EXIT.interrupted;
       }
-      const outcome = outcomeOf(r, { ...ctx, sandbox: r.reason === 'sandbox_ended' || r.reason === 'oom' ? await ended() : null });
+      const outcome = outcomeOf(r, { ...ctx, sandbox: needsSandboxRecord(r.reason) ? await ended() : null });
       if (outcome.message) warn(outcome.message);
       return outcome.exitCode;
     } catch (e) {

@@ -50,7 +50,6 @@ export class ContainerDriver implements RuntimeDriver {
           { source: l.agentBinary, target: AGENT_PATH_IN_SANDBOX, readOnly: true },
           ...l.spec.mounts.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
         ],
-        oomScoreAdj: -1000,
       });
       writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
       // runc's own errors and the agent's fatal messages land here; read back on failure.

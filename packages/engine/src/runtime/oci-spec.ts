@@ -33,12 +33,8 @@ export interface OciSpecOptions {
   /** Written for PID 1 only; children inherit it unless they reset it. */
   oomScoreAdj?: number;
   shmSizeMiB?: number;
-  /**
-   * Join this network namespace (e.g. /run/netns/airlock-<id>, made and owned by the host)
-   * instead of creating one holding only `lo`. Sandbox root has no CAP_NET_ADMIN over a
-   * namespace the host's user namespace owns, so it cannot reconfigure it.
-   */
-  networkNamespacePath?: string;
+  /** Accept 32-bit (i386) system calls; see SeccompOptions.compat32 for what that costs. */
+  compat32?: boolean;
 }
 
 /** Kept capabilities; each one's reason is in docs/security.md. All others are dropped. */
@@ -92,15 +88,9 @@ const ALLOWED_CHAR_DEVICES: ReadonlyArray<[number, number | null]> = [
 export function buildOciSpec(o: OciSpecOptions): Record<string, unknown> {
   validate(o);
   const shmMiB = o.shmSizeMiB ?? DEFAULT_SHM_MIB;
-  const namespaces: Array<{ type: string; path?: string }> = [
-    { type: 'user' },
-    { type: 'pid' },
-    { type: 'mount' },
-    { type: 'ipc' },
-    { type: 'uts' },
-    o.networkNamespacePath ? { type: 'network', path: o.networkNamespacePath } : { type: 'network' },
-    { type: 'cgroup' },
-  ];
+  // All new. The network one holds only lo; the host may move a veth into it later, and the
+  // sandbox cannot reconfigure it because CAP_NET_ADMIN is not in its capability set.
+  const namespaces = ['user', 'pid', 'mount', 'ipc', 'uts', 'network', 'cgroup'].map((type) => ({ type }));
   const caps = [...KEPT_CAPABILITIES];
   const process: Record<string, unknown> = {
     terminal: false,
@@ -130,7 +120,7 @@ export function buildOciSpec(o: OciSpecOptions): Record<string, unknown> {
       namespaces,
       cgroupsPath: o.cgroupsPath,
       resources: linuxResources(o.resources),
-      seccomp: seccompProfile(),
+      seccomp: seccompProfile({ compat32: o.compat32 === true }),
       maskedPaths: [...MASKED_PATHS],
       readonlyPaths: [...READONLY_PATHS],
       // Host mount events must not reach into the sandbox, nor its mounts out.
@@ -193,6 +183,7 @@ function linuxResources(r: Resources): Record<string, unknown> {
   };
 }
 
+const KERNEL_FS_ROOTS = ['/proc', '/sys', '/dev'];
 const HOSTNAME_RE = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 const ENV_RE = /^[^=\0]+=[^\0]*$/;
 
@@ -228,11 +219,27 @@ function validate(o: OciSpecOptions): void {
   o.binds.forEach((b, i) => {
     checkAbsPath(b.source, `binds[${i}].source`);
     checkAbsPath(b.target, `binds[${i}].target`);
+    // A bind over the kernel's file systems would undo the masked and read-only paths.
+    const t = posix.normalize(b.target);
+    if (t === '/' || KERNEL_FS_ROOTS.some((k) => t === k || t.startsWith(k + '/'))) {
+      throw badRequest(`binds[${i}].target must not be / or under ${KERNEL_FS_ROOTS.join(', ')}`, `binds[${i}].target`);
+    }
     if (typeof b.readOnly !== 'boolean') throw badRequest('readOnly must be a boolean', `binds[${i}].readOnly`);
   });
   if (o.oomScoreAdj !== undefined) checkInt(o.oomScoreAdj, -1000, 1000, 'oomScoreAdj');
   if (o.shmSizeMiB !== undefined) checkInt(o.shmSizeMiB, 1, 1024 * 1024, 'shmSizeMiB');
-  if (o.networkNamespacePath !== undefined) checkAbsPath(o.networkNamespacePath, 'networkNamespacePath');
+}
+
+const CAP_SYS_RESOURCE = 24;
+
+/**
+ * Whether this process may give the sandbox's PID 1 a negative oom_score_adj: lowering it below
+ * the caller's own minimum needs CAP_SYS_RESOURCE, which some hosts (e.g. a runner that is
+ * itself a container) do not grant even to root. runc fails to start the container otherwise.
+ */
+export function hostCanLowerOomScoreAdj(): boolean {
+  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m !== null && (BigInt('0x' + m[1]) & (1n << BigInt(CAP_SYS_RESOURCE))) !== 0n;
 }
 
 // ---------------------------------------------------------------------------------------------

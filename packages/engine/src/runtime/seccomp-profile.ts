@@ -3,9 +3,9 @@
  *
  * Started from the Docker default profile's unconditional allowlist, then trimmed: everything
  * Docker only allows with a capability we drop is simply not allowed, and a few more entries
- * (io_uring, handle syscalls, fanotify, clock_adjtime, socketcall) are gone. Anything not listed
- * fails with EPERM. Syscalls newer than every name runc's libseccomp knows fail with ENOSYS
- * instead (runc patches its filter so), so a newer libc falls back to the older call.
+ * (io_uring, file handles, fanotify, modify_ldt, socketcall) are gone. Anything not listed fails
+ * with EPERM. Syscalls newer than every name runc's libseccomp knows fail with ENOSYS instead
+ * (runc patches its filter so), so a newer libc falls back to the older call.
  */
 
 const EPERM = 1;
@@ -83,8 +83,9 @@ export const ALLOWED_SYSCALLS: readonly string[] = [
   'clock_nanosleep', 'clock_nanosleep_time64', 'nanosleep', 'gettimeofday', 'time', 'times',
   'getitimer', 'setitimer', 'timer_create', 'timer_delete', 'timer_getoverrun', 'timer_gettime',
   'timer_gettime64', 'timer_settime', 'timer_settime64',
-  // adjtimex with modes=0 reads the clock state; any change needs CAP_SYS_TIME in the host's namespace
-  'adjtimex',
+  // Reading the clock discipline (modes=0; glibc's adjtimex and ntp_gettime call clock_adjtime).
+  // Any change needs CAP_SYS_TIME in the host's user namespace, which no sandbox process has.
+  'adjtimex', 'clock_adjtime', 'clock_adjtime64',
   // system information
   'uname', 'sysinfo', 'getrandom',
   // sockets (socket itself is argument-filtered below)
@@ -115,14 +116,13 @@ export const DENIED_SYSCALLS: readonly string[] = [
   'kexec_load', 'kexec_file_load', 'reboot', 'swapon', 'swapoff', 'iopl', 'ioperm', 'vm86',
   'vm86old', 'modify_ldt',
   // host-wide state: logs, accounting, clock, quotas, hostnames
-  'syslog', 'acct', 'settimeofday', 'stime', 'clock_settime', 'clock_settime64', 'clock_adjtime',
-  'clock_adjtime64', 'quotactl', 'quotactl_fd', 'nfsservctl', 'lookup_dcookie', 'sethostname',
+  'syslog', 'acct', 'settimeofday', 'stime', 'clock_settime', 'clock_settime64', 'quotactl', 'quotactl_fd', 'nfsservctl', 'lookup_dcookie', 'sethostname',
   'setdomainname', 'vhangup', '_sysctl', 'sysfs', 'ustat', 'uselib',
   // file handles bypass path permission checks; fanotify watches the whole mount
   'open_by_handle_at', 'name_to_handle_at', 'fanotify_init', 'fanotify_mark',
   // NUMA placement of host memory
   'mbind', 'set_mempolicy', 'set_mempolicy_home_node', 'move_pages', 'migrate_pages',
-  // the i386 socket multiplexer hides its arguments in memory; libseccomp adds the per-call forms
+  // the i386 socket multiplexer hides its arguments in memory (see seccompProfile's compat32)
   'socketcall',
 ];
 
@@ -146,7 +146,18 @@ function socketRules(): Rule[] {
   ];
 }
 
-export function seccompProfile(): Record<string, unknown> {
+export interface SeccompOptions {
+  /**
+   * Also accept the i386 system call ABI (int 0x80) for 32-bit programs. Off by default: on
+   * i386, libseccomp turns every `socket` rule into an unconditional rule for the socketcall
+   * multiplexer, whose arguments live in memory, so the address-family allowlist cannot hold
+   * there (measured: a 64-bit process reached socket(63, ...) through int 0x80). With it off,
+   * any i386 system call kills the calling thread (SIGSYS).
+   */
+  compat32?: boolean;
+}
+
+export function seccompProfile(options: SeccompOptions = {}): Record<string, unknown> {
   const rules: Rule[] = [
     { names: [...ALLOWED_SYSCALLS], action: 'SCMP_ACT_ALLOW' },
     // clone without any namespace flag: fork and threads. (On x86 the flags are argument 0.)
@@ -161,10 +172,13 @@ export function seccompProfile(): Record<string, unknown> {
     })),
     ...socketRules(),
   ];
+  // x32 shares the x86_64 kernel entry and is filtered by the same rules (most kernels lack it).
+  const architectures = ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X32'];
+  if (options.compat32) architectures.push('SCMP_ARCH_X86');
   return {
     defaultAction: 'SCMP_ACT_ERRNO',
     defaultErrnoRet: EPERM,
-    architectures: ['SCMP_ARCH_X86_64', 'SCMP_ARCH_X86', 'SCMP_ARCH_X32'],
+    architectures,
     syscalls: rules,
   };
 }

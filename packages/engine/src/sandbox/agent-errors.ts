@@ -3,6 +3,7 @@ import { AgentDisconnectedError, AgentError } from '../agent/agent-link.js';
 
 const ERRNO_MESSAGES: Record<number, [AirlockError['code'], string]> = {
   2: ['not_found', 'no such file or directory'],
+  3: ['not_found', 'no such process'],
   11: ['quota_exceeded', 'the sandbox reached its process limit (pids)'],
   12: ['quota_exceeded', 'the sandbox is out of memory'],
   13: ['forbidden', 'permission denied'],

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export type Db = Database.Database;
@@ -49,6 +49,10 @@ const MIGRATIONS: string[] = [
 export function openDb(file: string): Db {
   mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
   const db = new Database(file);
+  // Agent tokens and key hashes live here: owner-only, whatever the umask.
+  for (const f of [file, `${file}-wal`, `${file}-shm`]) {
+    try { chmodSync(f, 0o600); } catch { /* not created yet */ }
+  }
   // WAL lets the daemon and embedded CLI processes share one data dir without blocking readers.
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');

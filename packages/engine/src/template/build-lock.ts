@@ -1,4 +1,5 @@
 import { link, readFile, rm, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { conflict } from '../errors.js';
 
@@ -30,7 +31,8 @@ async function holderPid(lockPath: string): Promise<number | null> {
  */
 export async function acquireBuildLock(dir: string, name: string, waitMs: number): Promise<() => Promise<void>> {
   const lockPath = join(dir, `.${name}.lock`);
-  const mine = join(dir, `.${name}.lock.${process.pid}`);
+  // Unique per call: two builds in one process must not share (and delete) each other's file.
+  const mine = join(dir, `.${name}.lock.${process.pid}.${randomUUID()}`);
   await writeFile(mine, String(process.pid), { mode: 0o600 });
   const deadline = Date.now() + waitMs;
   try {

@@ -38,9 +38,17 @@ export async function removeDeviceNodes(root: string): Promise<number> {
  * files keep their usual owners while on the host they belong to nobody real.
  * chown clears setuid/setgid, so those bits are put back afterwards. An id outside the
  * mapped range would show up as the overflow id inside the sandbox: refuse it.
+ * Not idempotent: run it once, on a freshly built tree.
  */
 export async function shiftOwnership(root: string, offset: number, size: number): Promise<void> {
+  // A hard-linked inode is met once per link but must be shifted once.
+  const shifted = new Set<string>();
   const shift = async (path: string, st: Stats) => {
+    if (st.nlink > 1 && !st.isDirectory()) {
+      const key = `${st.dev}:${st.ino}`;
+      if (shifted.has(key)) return;
+      shifted.add(key);
+    }
     if (st.uid >= size || st.gid >= size) {
       throw new AirlockError('internal', `${path}: owner ${st.uid}:${st.gid} is outside the sandbox id range 0..${size - 1}`);
     }

@@ -74,7 +74,7 @@ export function runProgram(cmd: string, args: readonly string[], opts: RunProgra
       if (timer) clearTimeout(timer);
       if (pending && opts.onLine) opts.onLine(pending);
       resolve({
-        code,
+        code: spawnError ? null : code,
         signal,
         stdout: Buffer.concat(out).toString('utf8'),
         stderr: Buffer.concat(err).toString('utf8'),

@@ -12,12 +12,18 @@ export const SANDBOX_HOSTNAME = 'airlock';
 export async function writeSandboxEtc(rootfs: string, workdir: string): Promise<void> {
   const etc = join(rootfs, 'etc');
   await mkdir(etc, { recursive: true });
-  await writeFile(join(etc, 'hostname'), `${SANDBOX_HOSTNAME}\n`, { mode: 0o644 });
-  await writeFile(join(etc, 'hosts'),
-    `127.0.0.1\tlocalhost\n127.0.1.1\t${SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n`, { mode: 0o644 });
-  // resolv.conf may be a symlink (systemd-resolved style); replace whatever is there with a plain file.
-  await rm(join(etc, 'resolv.conf'), { force: true });
-  await writeFile(join(etc, 'resolv.conf'), '', { mode: 0o644 });
+  const files: Array<[string, string]> = [
+    ['hostname', `${SANDBOX_HOSTNAME}\n`],
+    ['hosts', `127.0.0.1\tlocalhost\n127.0.1.1\t${SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback\n`],
+    ['resolv.conf', ''],
+  ];
+  for (const [name, content] of files) {
+    const path = join(etc, name);
+    // Replace whatever debootstrap copied from the host: a symlink (systemd-resolved) or odd modes included.
+    await rm(path, { force: true });
+    await writeFile(path, content);
+    await chmod(path, 0o644);
+  }
 
   const work = join(rootfs, workdir);
   await mkdir(work, { recursive: true });

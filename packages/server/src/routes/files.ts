@@ -37,7 +37,8 @@ export function fileRoutes(app: FastifyInstance, engine: AirlockEngine, uploadLi
     return reply
       .header('content-type', 'application/octet-stream')
       .header('x-content-type-options', 'nosniff')
-      .send(data);
+      // Buffers bypass the serializer; the cast only satisfies the per-content-type typing.
+      .send(data as unknown as string);
   });
 
   r.delete('/v1/sandboxes/:id/files', {

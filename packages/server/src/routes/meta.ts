@@ -25,5 +25,24 @@ export function metaRoutes(app: FastifyInstance, engine: AirlockEngine, version:
   r.get('/openapi.json', {
     config: { public: true },
     schema: { tags: ['meta'], summary: 'This document', response: { 200: z.looseObject({ openapi: z.string() }) } },
-  }, async () => app.swagger());
+  }, async () => {
+    doc ??= withRawUploadBody(app.swagger() as unknown as OpenApiDoc);
+    return doc;
+  });
+  let doc: OpenApiDoc | undefined;
+}
+
+type OpenApiDoc = { openapi: string; paths?: Record<string, Record<string, Record<string, unknown>>> };
+
+/** The upload route's body is raw bytes, which no zod schema describes; say so in the document. */
+function withRawUploadBody(doc: OpenApiDoc): OpenApiDoc {
+  const put = doc.paths?.['/v1/sandboxes/{id}/files']?.put;
+  if (put) {
+    put.requestBody = {
+      required: true,
+      description: 'the file content; any content type is taken as raw bytes',
+      content: { 'application/octet-stream': { schema: { type: 'string', format: 'binary' } } },
+    };
+  }
+  return doc;
 }

@@ -1,0 +1,1957 @@
+/*
+ * airlock-agent: PID 1 of every Airlock sandbox.
+ *
+ * It dials the host's unix socket, authenticates with a token, then runs commands, does
+ * file I/O from inside the sandbox's own root and reaps every zombie. One poll() loop, no
+ * threads, non-blocking everywhere, bounded buffers. The wire format and the rules are in
+ * docs/agent-protocol.md; keep the two in agreement.
+ *
+ * The host is trusted to be the host, but anything it sends is still validated: a frame
+ * that breaks the framing drops the connection (the agent then reconnects), a bad request
+ * gets an ERROR frame. The agent must never exit on its own: as PID 1, its exit ends the
+ * sandbox.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
+#include <malloc.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+/* ---- protocol constants (docs/agent-protocol.md) ---- */
+#define PROTO_VERSION 1u
+#define HDR 9u                          /* u32 length, u8 type, u32 channel */
+#define MAX_PAYLOAD (1024u * 1024u)     /* frames above this are refused both ways */
+
+enum {
+	T_EXEC = 1, T_STDIN = 2, T_SIGNAL = 3, T_PS = 4, T_KILLPID = 5, T_PING = 6, T_CANCEL = 7,
+	T_FREAD = 10, T_FWRITE_BEGIN = 11, T_FWRITE_DATA = 12, T_FLIST = 13, T_FDELETE = 14,
+	T_FSTAT = 15, T_FMKDIR = 16,
+	T_HELLO = 128, T_STARTED = 129, T_STDOUT = 130, T_STDERR = 131, T_EXIT = 132, T_ERROR = 133,
+	T_PS_RESULT = 134, T_PONG = 135, T_FDATA = 136, T_FOK = 137, T_FLIST_RESULT = 138,
+};
+
+#define EXEC_KEEP_STDIN 1u
+#define EXEC_BACKGROUND 2u
+#define EXIT_TIMED_OUT 1u
+
+/* ---- limits ---- */
+#define OUT_SOFT (4u << 20)      /* queued output above this: stop reading pipes and files */
+#define OUT_HARD (8u << 20)      /* ... above this: stop reading the host socket too */
+#define STDIN_HIGH (1u << 20)    /* buffered stdin above this: stop reading the host socket */
+#define BLOCK_SIZE (128u * 1024u)
+#define PIPE_READ (64u * 1024u)
+#define FILE_CHUNK (256u * 1024u)
+#define RESULT_FRAME (64u * 1024u) /* PS_RESULT / FLIST_RESULT frame size */
+#define IN_INITIAL (64u * 1024u)
+#define IOV_BATCH 64
+#define MAX_EXECS 4096
+#define MAX_FOPS 256
+#define MAX_ARGS 65536
+#define PATH_MAXLEN 4096
+#define NAME_MAXLEN 255
+#define CMDLINE_MAX 4096
+#define PS_LINE_MAX (CMDLINE_MAX + 32)
+#define LIST_ENTRY_MAX (1 + 8 + 4 + 8 + NAME_MAXLEN + 1)
+#define STAT_BYTES 21
+#define RM_MAX_DEPTH 256
+#define TOKEN_MAX 1024
+
+/* ---- state ---- */
+static char *g_token;
+static size_t g_token_len;
+static const char *g_sock_path;
+static pid_t g_self;
+static int g_is_init;           /* PID 1 of a pid namespace (the sandbox), not a test run */
+static int g_devnull = -1;
+static int g_sigfd = -1;
+static int g_sock = -1;         /* the host connection, -1 while disconnected */
+static const char *g_drop;      /* set when the connection must be dropped; done at a safe point */
+static uint64_t g_up_since, g_down_since, g_next_connect;
+static int g_connect_logged;
+static unsigned g_tmp_counter;
+static char g_sink[16384];      /* output nobody will receive is read into here and dropped */
+
+static unsigned char *g_in;     /* bytes read from the host, not yet handled */
+static size_t g_in_len, g_in_cap;
+
+struct block {
+	struct block *next;
+	size_t len, off, cap;
+	unsigned char data[];
+};
+static struct block *q_head, *q_tail, *q_spare;
+static size_t q_bytes;          /* framed bytes waiting to be written to the host */
+
+struct exec {
+	struct exec *next;
+	uint32_t channel;           /* 0 once detached: EXIT sent or connection lost */
+	pid_t pid;                  /* main child, also its pgid and sid; 0 once reaped */
+	int out_fd, err_fd, in_fd;
+	int in_closing;             /* close stdin once the buffer is written */
+	unsigned char *in_buf;
+	size_t in_off, in_len;
+	uint64_t deadline;          /* monotonic ms, 0 = none */
+	int timed_out;
+};
+static struct exec *g_execs;
+static size_t g_exec_count;
+static size_t g_stdin_bytes;
+
+enum { FOP_READ, FOP_WRITE, FOP_LIST };
+struct fop {
+	struct fop *next;
+	uint32_t channel;
+	int kind;
+	int fd;                     /* READ: the file; WRITE: the temp file */
+	DIR *dir;                   /* LIST */
+	int dirfd;                  /* WRITE: directory holding the target */
+	char *base;                 /* WRITE: target name in dirfd */
+	char tmp[64];               /* WRITE: temp name in dirfd */
+	uint32_t mode;
+	int existed;
+	uid_t uid;
+	gid_t gid;
+};
+static struct fop *g_fops;
+static size_t g_fop_count;
+
+/* ---- small helpers ---- */
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void logmsg(const char *fmt, ...)
+{
+	char buf[512];
+	int n = snprintf(buf, sizeof buf, "airlock-agent[%d]: ", (int)g_self);
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+	va_end(ap);
+	if (m < 0)
+		m = 0;
+	size_t len = (size_t)n + (size_t)m;
+	if (len > sizeof buf - 2)
+		len = sizeof buf - 2;
+	buf[len++] = '\n';
+	ssize_t w = write(2, buf, len);
+	(void)w;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	p[0] = (unsigned char)(v >> 24);
+	p[1] = (unsigned char)(v >> 16);
+	p[2] = (unsigned char)(v >> 8);
+	p[3] = (unsigned char)v;
+}
+
+static void put64(unsigned char *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put_hdr(unsigned char *p, unsigned type, uint32_t channel, size_t payload)
+{
+	put32(p, (uint32_t)(5 + payload));
+	p[4] = (unsigned char)type;
+	put32(p + 5, channel);
+}
+
+static void conn_fail(const char *why)
+{
+	if (!g_drop)
+		g_drop = why;
+}
+
+static int online(void)
+{
+	return g_sock >= 0 && !g_drop;
+}
+
+/* Reader over a frame's payload: every get fails (returns -1) past the end. */
+struct rd {
+	const unsigned char *p;
+	size_t n;
+};
+
+static int rd_u32(struct rd *r, uint32_t *v)
+{
+	if (r->n < 4)
+		return -1;
+	*v = get32(r->p);
+	r->p += 4;
+	r->n -= 4;
+	return 0;
+}
+
+static int rd_str(struct rd *r, const char **s)
+{
+	const unsigned char *z = memchr(r->p, 0, r->n);
+	if (!z)
+		return -1;
+	*s = (const char *)r->p;
+	r->n -= (size_t)(z - r->p) + 1;
+	r->p = z + 1;
+	return 0;
+}
+
+/* ---- outbound queue: a list of blocks written with writev ---- */
+static struct block *block_new(size_t need)
+{
+	struct block *b;
+	if (q_spare && q_spare->cap >= need) {
+		b = q_spare;
+		q_spare = NULL;
+	} else {
+		size_t cap = need > BLOCK_SIZE ? need : BLOCK_SIZE;
+		b = malloc(sizeof *b + cap);
+		if (!b)
+			return NULL;
+		b->cap = cap;
+	}
+	b->next = NULL;
+	b->len = b->off = 0;
+	return b;
+}
+
+static void block_release(struct block *b)
+{
+	/* One spare block avoids an mmap/munmap pair per small frame. */
+	if (!q_spare && b->cap == BLOCK_SIZE)
+		q_spare = b;
+	else
+		free(b);
+}
+
+/* Room for at least `min` (and up to `max`) bytes at the tail; *room gets how many. */
+static unsigned char *q_reserve(size_t min, size_t max, size_t *room)
+{
+	if (!q_tail || q_tail->cap - q_tail->len < min) {
+		struct block *b = block_new(min);
+		if (!b) {
+			conn_fail("out of memory");
+			return NULL;
+		}
+		if (q_tail)
+			q_tail->next = b;
+		else
+			q_head = b;
+		q_tail = b;
+	}
+	size_t avail = q_tail->cap - q_tail->len;
+	*room = avail < max ? avail : max;
+	return q_tail->data + q_tail->len;
+}
+
+static void q_commit(size_t n)
+{
+	q_tail->len += n;
+	q_bytes += n;
+}
+
+static void q_clear(void)
+{
+	while (q_head) {
+		struct block *b = q_head;
+		q_head = b->next;
+		block_release(b);
+	}
+	q_tail = NULL;
+	q_bytes = 0;
+}
+
+static void q_consume(size_t w)
+{
+	q_bytes -= w;
+	while (q_head) {
+		struct block *b = q_head;
+		size_t left = b->len - b->off;
+		if (w < left) {
+			b->off += w;
+			return;
+		}
+		w -= left;
+		q_head = b->next;
+		if (!q_head)
+			q_tail = NULL;
+		block_release(b);
+	}
+}
+
+static void q_flush(void)
+{
+	while (q_head && online()) {
+		struct iovec iov[IOV_BATCH];
+		int n = 0;
+		for (struct block *b = q_head; b && n < IOV_BATCH; b = b->next) {
+			if (b->len > b->off) {
+				iov[n].iov_base = b->data + b->off;
+				iov[n].iov_len = b->len - b->off;
+				n++;
+			}
+		}
+		if (n == 0) {
+			q_consume(0);
+			return;
+		}
+		ssize_t w = writev(g_sock, iov, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				conn_fail("write to host failed");
+			return;
+		}
+		q_consume((size_t)w);
+	}
+}
+
+static void send_frame2(unsigned type, uint32_t ch, const void *a, size_t alen, const void *b, size_t blen)
+{
+	if (!online())
+		return;
+	size_t n = HDR + alen + blen, room;
+	unsigned char *p = q_reserve(n, n, &room);
+	if (!p)
+		return;
+	put_hdr(p, type, ch, alen + blen);
+	if (alen)
+		memcpy(p + HDR, a, alen);
+	if (blen)
+		memcpy(p + HDR + alen, b, blen);
+	q_commit(n);
+}
+
+static void send_frame(unsigned type, uint32_t ch, const void *a, size_t alen)
+{
+	send_frame2(type, ch, a, alen, NULL, 0);
+}
+
+static void send_error(uint32_t ch, int err, const char *fmt, ...)
+{
+	char msg[640];
+	va_list ap;
+	va_start(ap, fmt);
+	int m = vsnprintf(msg, 512, fmt, ap);
+	va_end(ap);
+	if (m < 0)
+		m = 0;
+	if (m > 511)
+		m = 511;
+	m += snprintf(msg + m, sizeof msg - (size_t)m, ": %s", strerror(err));
+	if (m >= (int)sizeof msg)
+		m = (int)sizeof msg - 1;
+	unsigned char e[4];
+	put32(e, (uint32_t)err);
+	send_frame2(T_ERROR, ch, e, 4, msg, (size_t)m + 1);
+}
+
+/* Builds a run of result frames (PS_RESULT, FLIST_RESULT) in place in the queue. */
+struct fbuild {
+	unsigned type;
+	uint32_t ch;
+	unsigned char *base;
+	size_t used, room;
+};
+
+static int fb_begin(struct fbuild *f)
+{
+	f->base = q_reserve(HDR + PS_LINE_MAX, HDR + RESULT_FRAME, &f->room);
+	f->used = 0;
+	return f->base ? 0 : -1;
+}
+
+static void fb_end(struct fbuild *f)
+{
+	if (f->base && f->used) {
+		put_hdr(f->base, f->type, f->ch, f->used);
+		q_commit(HDR + f->used);
+	}
+	f->base = NULL;
+}
+
+/* Room for `need` more bytes, ending the current frame and starting another if needed. */
+static unsigned char *fb_room(struct fbuild *f, size_t need)
+{
+	if (f->base && HDR + f->used + need > f->room)
+		fb_end(f);
+	if (!f->base && fb_begin(f) < 0)
+		return NULL;
+	return f->base + HDR + f->used;
+}
+
+static size_t stat_encode(unsigned char *p, const struct stat *st)
+{
+	char t = S_ISREG(st->st_mode) ? 'f' : S_ISDIR(st->st_mode) ? 'd' : S_ISLNK(st->st_mode) ? 'l' : 'o';
+	p[0] = (unsigned char)t;
+	put64(p + 1, (uint64_t)st->st_size);
+	put32(p + 9, (uint32_t)(st->st_mode & 07777));
+	put64(p + 13, (uint64_t)(int64_t)st->st_mtim.tv_sec);
+	return STAT_BYTES;
+}
+
+static void send_stat_ok(uint32_t ch, const struct stat *st)
+{
+	unsigned char p[STAT_BYTES];
+	send_frame(T_FOK, ch, p, stat_encode(p, st));
+}
+
+/* ---- /proc walking (PS, KILLPID and shutdown) ---- */
+struct procent {
+	pid_t pid, ppid, sid;
+};
+
+static int procent_cmp(const void *a, const void *b)
+{
+	pid_t x = ((const struct procent *)a)->pid, y = ((const struct procent *)b)->pid;
+	return (x > y) - (x < y);
+}
+
+static int read_small(int dirfd, const char *name, char *buf, size_t cap)
+{
+	int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return -1;
+	size_t got = 0;
+	while (got < cap) {
+		ssize_t r = read(fd, buf + got, cap - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	return (int)got;
+}
+
+/* Every process visible in /proc, sorted by pid. */
+static struct procent *proc_scan(size_t *count)
+{
+	DIR *d = opendir("/proc");
+	if (!d)
+		return NULL;
+	size_t n = 0, cap = 256;
+	struct procent *v = malloc(cap * sizeof *v);
+	struct dirent *de;
+	while (v && (de = readdir(d))) {
+		char *end;
+		long pid = strtol(de->d_name, &end, 10);
+		if (*end || pid <= 0)
+			continue;
+		char path[64], buf[512];
+		snprintf(path, sizeof path, "%ld/stat", pid);
+		int len = read_small(dirfd(d), path, buf, sizeof buf - 1);
+		if (len <= 0)
+			continue;
+		buf[len] = 0;
+		char *rp = strrchr(buf, ')');
+		int ppid, pgrp, sid;
+		char state;
+		if (!rp || sscanf(rp + 1, " %c %d %d %d", &state, &ppid, &pgrp, &sid) != 4)
+			continue;
+		if (n == cap) {
+			struct procent *nv = realloc(v, cap * 2 * sizeof *v);
+			if (!nv)
+				break;
+			v = nv;
+			cap *= 2;
+		}
+		v[n].pid = (pid_t)pid;
+		v[n].ppid = ppid;
+		v[n].sid = sid;
+		n++;
+	}
+	closedir(d);
+	if (v)
+		qsort(v, n, sizeof *v, procent_cmp);
+	*count = n;
+	return v;
+}
+
+static struct procent *proc_find(struct procent *v, size_t n, pid_t pid)
+{
+	struct procent key = { .pid = pid };
+	return bsearch(&key, v, n, sizeof *v, procent_cmp);
+}
+
+/* Whether `pid` belongs to the sandbox: as PID 1 every other process does; in a test run,
+ * the agent's descendants do (it is a subreaper, so orphans stay its descendants). */
+static int in_sandbox(struct procent *v, size_t n, pid_t pid)
+{
+	if (pid == g_self)
+		return 0;
+	if (g_is_init)
+		return 1;
+	for (size_t depth = 0; depth <= n; depth++) {
+		struct procent *p = proc_find(v, n, pid);
+		if (!p || p->ppid <= 0)
+			return 0;
+		if (p->ppid == g_self)
+			return 1;
+		pid = p->ppid;
+	}
+	return 0;
+}
+
+/* ---- execs ---- */
+static struct exec *exec_by_channel(uint32_t ch)
+{
+	for (struct exec *e = g_execs; e; e = e->next)
+		if (e->channel == ch)
+			return e;
+	return NULL;
+}
+
+static struct exec *exec_by_pid(pid_t pid)
+{
+	for (struct exec *e = g_execs; e; e = e->next)
+		if (e->pid == pid)
+			return e;
+	return NULL;
+}
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+static void stdin_close(struct exec *e)
+{
+	close_fd(&e->in_fd);
+	g_stdin_bytes -= e->in_len - e->in_off;
+	free(e->in_buf);
+	e->in_buf = NULL;
+	e->in_off = e->in_len = 0;
+	e->in_closing = 0;
+}
+
+/* Kill a whole exec. Before the child's setsid() its group does not exist yet: then the
+ * child itself is the target. */
+static void exec_kill(struct exec *e, int sig)
+{
+	if (e->pid <= 0)
+		return;
+	if (kill(-e->pid, sig) != 0 && errno == ESRCH)
+		kill(e->pid, sig);
+}
+
+/* One read from an exec's pipe: forwarded while someone listens, else dropped.
+ * Returns bytes read, 0 at EOF (the pipe is then closed), -1 when nothing was there. */
+static ssize_t pipe_read(struct exec *e, int is_err, size_t max)
+{
+	int *fd = is_err ? &e->err_fd : &e->out_fd;
+	ssize_t r;
+	if (e->channel && online()) {
+		size_t room;
+		unsigned char *p = q_reserve(HDR + 4096, HDR + (max < PIPE_READ ? max : PIPE_READ), &room);
+		if (!p)
+			return -1;
+		r = read(*fd, p + HDR, room - HDR);
+		if (r > 0) {
+			put_hdr(p, is_err ? T_STDERR : T_STDOUT, e->channel, (size_t)r);
+			q_commit(HDR + (size_t)r);
+		}
+	} else {
+		r = read(*fd, g_sink, max < sizeof g_sink ? max : sizeof g_sink);
+	}
+	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+		close_fd(fd);
+		return 0;
+	}
+	return r;
+}
+
+/* What the child already wrote belongs before its EXIT frame; later writers (leftover
+ * descendants) are read and dropped until they close the pipe. */
+static void pipe_drain(struct exec *e, int is_err)
+{
+	int fd = is_err ? e->err_fd : e->out_fd;
+	int avail = 0;
+	if (fd < 0 || ioctl(fd, FIONREAD, &avail) != 0)
+		return;
+	while (avail > 0) {
+		ssize_t r = pipe_read(e, is_err, (size_t)avail);
+		if (r <= 0)
+			return;
+		avail -= (int)r;
+	}
+}
+
+static void exec_exited(struct exec *e, int status)
+{
+	e->pid = 0;
+	pipe_drain(e, 0);
+	pipe_drain(e, 1);
+	if (e->channel) {
+		unsigned char p[12];
+		int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+		uint32_t sig = WIFSIGNALED(status) ? (uint32_t)WTERMSIG(status) : 0;
+		put32(p, (uint32_t)code);
+		put32(p + 4, sig);
+		put32(p + 8, e->timed_out ? EXIT_TIMED_OUT : 0);
+		send_frame(T_EXIT, e->channel, p, sizeof p);
+		e->channel = 0;
+	}
+	stdin_close(e);
+}
+
+/* Drop every exec that has exited and whose pipes are closed. */
+static void exec_sweep(void)
+{
+	for (struct exec **pp = &g_execs; *pp;) {
+		struct exec *e = *pp;
+		if (e->pid == 0 && e->out_fd < 0 && e->err_fd < 0 && e->in_fd < 0) {
+			*pp = e->next;
+			free(e);
+			g_exec_count--;
+		} else {
+			pp = &e->next;
+		}
+	}
+}
+
+static void reap(void)
+{
+	for (;;) {
+		int status;
+		pid_t pid = waitpid(-1, &status, WNOHANG);
+		if (pid <= 0) {
+			if (pid < 0 && errno == EINTR)
+				continue;
+			return;
+		}
+		struct exec *e = exec_by_pid(pid);
+		if (e)
+			exec_exited(e, status);
+	}
+}
+
+static void child_fail(const char *what, const char *arg, int err, int code)
+{
+	char buf[768];
+	int n = snprintf(buf, sizeof buf, "airlock: %s%.512s: %s\n", what, arg, strerror(err));
+	if (n > (int)sizeof buf - 1)
+		n = (int)sizeof buf - 1;
+	ssize_t w = write(2, buf, (size_t)n);
+	(void)w;
+	_exit(code);
+}
+
+/* In the forked child: become the exec's process, or exit 126/127 with a message. */
+static void child_exec(int in, int out, int err, uid_t uid, gid_t gid, const char *cwd,
+		       char **argv, char **envp)
+{
+	sigset_t none;
+	setsid(); /* own process group: the target of SIGNAL and of the timeout */
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_DFL); /* the only disposition the agent changes */
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t w = write(fd, "0", 1); /* the agent runs at -1000; its children must not */
+		(void)w;
+		close(fd);
+	}
+	if (in >= 0)
+		dup2(in, 0);
+	else
+		close(0);
+	if (out >= 0)
+		dup2(out, 1);
+	else
+		close(1);
+	if (err >= 0)
+		dup2(err, 2);
+	else
+		close(2);
+	if (getuid() != uid || geteuid() != uid || getgid() != gid || getegid() != gid ||
+	    getgroups(0, NULL) != 0) {
+		if (setgroups(0, NULL) != 0 && getgroups(0, NULL) != 0)
+			child_fail("setgroups", "", errno, 126);
+		if (setresgid(gid, gid, gid) != 0)
+			child_fail("setgid", "", errno, 126);
+		if (setresuid(uid, uid, uid) != 0)
+			child_fail("setuid", "", errno, 126);
+	}
+	if (chdir(*cwd ? cwd : "/") != 0)
+		child_fail("cwd ", cwd, errno, 126);
+	environ = envp; /* execvpe looks PATH up in environ */
+	execvpe(argv[0], argv, envp);
+	int e = errno;
+	child_fail("", argv[0], e, e == ENOENT ? 127 : 126);
+}
+
+static int set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void handle_exec(uint32_t ch, struct rd r)
+{
+	uint32_t flags, uid, gid, timeout, argc, envc;
+	const char *cwd;
+	if (rd_u32(&r, &flags) || rd_u32(&r, &uid) || rd_u32(&r, &gid) || rd_u32(&r, &timeout) ||
+	    rd_str(&r, &cwd) || rd_u32(&r, &argc)) {
+		conn_fail("malformed EXEC");
+		return;
+	}
+	if (argc == 0 || argc > MAX_ARGS || argc > r.n) {
+		conn_fail("malformed EXEC argv");
+		return;
+	}
+	char **argv = malloc((argc + 1) * sizeof *argv);
+	char **envp = NULL;
+	if (!argv) {
+		send_error(ch, ENOMEM, "exec");
+		return;
+	}
+	for (uint32_t i = 0; i < argc; i++) {
+		if (rd_str(&r, (const char **)&argv[i])) {
+			free(argv);
+			conn_fail("malformed EXEC argv");
+			return;
+		}
+	}
+	argv[argc] = NULL;
+	if (rd_u32(&r, &envc) || envc > MAX_ARGS || envc > r.n) {
+		free(argv);
+		conn_fail("malformed EXEC env");
+		return;
+	}
+	envp = malloc((envc + 1) * sizeof *envp);
+	if (!envp) {
+		free(argv);
+		send_error(ch, ENOMEM, "exec");
+		return;
+	}
+	for (uint32_t i = 0; i < envc; i++) {
+		if (rd_str(&r, (const char **)&envp[i])) {
+			free(argv);
+			free(envp);
+			conn_fail("malformed EXEC env");
+			return;
+		}
+	}
+	envp[envc] = NULL;
+	if (r.n != 0) {
+		free(argv);
+		free(envp);
+		conn_fail("malformed EXEC (trailing bytes)");
+		return;
+	}
+
+	int background = (flags & EXEC_BACKGROUND) != 0;
+	int keep_stdin = !background && (flags & EXEC_KEEP_STDIN);
+	int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+	struct exec *e = NULL;
+	int err = 0;
+	if (g_exec_count >= MAX_EXECS)
+		err = EAGAIN;
+	else if (!(e = calloc(1, sizeof *e)))
+		err = ENOMEM;
+	else if (!background && (pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)))
+		err = errno;
+	else if (keep_stdin && pipe2(pin, O_CLOEXEC))
+		err = errno;
+	pid_t pid = -1;
+	const char *cmd = argv[0]; /* points into the frame, which outlives this call */
+	if (!err) {
+		pid = fork();
+		if (pid == 0)
+			child_exec(keep_stdin ? pin[0] : g_devnull, background ? g_devnull : pout[1],
+				   background ? g_devnull : perr[1], uid, gid, cwd, argv, envp);
+		if (pid < 0)
+			err = errno;
+	}
+	free(argv);
+	free(envp);
+	close_fd(&pin[0]);
+	close_fd(&pout[1]);
+	close_fd(&perr[1]);
+	if (err) {
+		close_fd(&pin[1]);
+		close_fd(&pout[0]);
+		close_fd(&perr[0]);
+		free(e);
+		send_error(ch, err, "exec %.256s", cmd);
+		return;
+	}
+	e->channel = ch;
+	e->pid = pid;
+	e->out_fd = pout[0];
+	e->err_fd = perr[0];
+	e->in_fd = pin[1];
+	if (e->out_fd >= 0)
+		set_nonblock(e->out_fd);
+	if (e->err_fd >= 0)
+		set_nonblock(e->err_fd);
+	if (e->in_fd >= 0)
+		set_nonblock(e->in_fd);
+	e->deadline = timeout ? now_ms() + timeout : 0;
+	e->next = g_execs;
+	g_execs = e;
+	g_exec_count++;
+	unsigned char p[4];
+	put32(p, (uint32_t)pid);
+	send_frame(T_STARTED, ch, p, 4);
+}
+
+static void stdin_flush(struct exec *e)
+{
+	while (e->in_fd >= 0 && e->in_len > e->in_off) {
+		ssize_t w = write(e->in_fd, e->in_buf + e->in_off, e->in_len - e->in_off);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				stdin_close(e); /* the reader is gone: what it did not read is dropped */
+			return;
+		}
+		e->in_off += (size_t)w;
+		g_stdin_bytes -= (size_t)w;
+	}
+	if (e->in_fd >= 0) {
+		e->in_off = e->in_len = 0;
+		if (e->in_closing)
+			stdin_close(e);
+	}
+}
+
+static void handle_stdin(uint32_t ch, const unsigned char *p, size_t n)
+{
+	struct exec *e = exec_by_channel(ch);
+	if (!e || e->in_fd < 0 || e->in_closing)
+		return;
+	if (n == 0) {
+		e->in_closing = 1;
+		stdin_flush(e);
+		return;
+	}
+	if (e->in_len == e->in_off) {
+		ssize_t w = write(e->in_fd, p, n);
+		if (w < 0 && errno != EAGAIN && errno != EINTR) {
+			stdin_close(e);
+			return;
+		}
+		if (w > 0) {
+			p += w;
+			n -= (size_t)w;
+		}
+		if (n == 0)
+			return;
+	}
+	if (e->in_off) {
+		memmove(e->in_buf, e->in_buf + e->in_off, e->in_len - e->in_off);
+		e->in_len -= e->in_off;
+		e->in_off = 0;
+	}
+	unsigned char *nb = realloc(e->in_buf, e->in_len + n);
+	if (!nb) {
+		stdin_close(e);
+		return;
+	}
+	memcpy(nb + e->in_len, p, n);
+	e->in_buf = nb;
+	e->in_len += n;
+	g_stdin_bytes += n;
+}
+
+static void handle_signal(uint32_t ch, struct rd r)
+{
+	uint32_t sig;
+	if (rd_u32(&r, &sig) || r.n) {
+		conn_fail("malformed SIGNAL");
+		return;
+	}
+	struct exec *e = exec_by_channel(ch);
+	if (e && sig > 0 && sig < (uint32_t)NSIG)
+		exec_kill(e, (int)sig);
+}
+
+static uint32_t channel_of(struct procent *p)
+{
+	for (struct exec *e = g_execs; e; e = e->next)
+		if (e->channel && e->pid > 0 && (e->pid == p->pid || e->pid == p->sid))
+			return e->channel;
+	return 0;
+}
+
+static void handle_ps(uint32_t ch)
+{
+	size_t n = 0;
+	struct procent *v = proc_scan(&n);
+	if (!v) {
+		send_error(ch, errno ? errno : ENOMEM, "read /proc");
+		return;
+	}
+	int proc = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	struct fbuild f = { .type = T_PS_RESULT, .ch = ch };
+	for (size_t i = 0; i < n && online() && proc >= 0; i++) {
+		if (!in_sandbox(v, n, v[i].pid))
+			continue;
+		char line[PS_LINE_MAX], path[64];
+		int len = snprintf(line, sizeof line, "%d\t%u\t", (int)v[i].pid, channel_of(&v[i]));
+		snprintf(path, sizeof path, "%d/cmdline", (int)v[i].pid);
+		int cl = read_small(proc, path, line + len, CMDLINE_MAX);
+		if (cl < 0)
+			continue; /* exited meanwhile */
+		while (cl > 0 && line[len + cl - 1] == 0)
+			cl--;
+		for (int k = len; k < len + cl; k++) {
+			char c = line[k];
+			line[k] = c == 0 ? '\x01' : (c == '\t' || c == '\n' || c == '\x01') ? ' ' : c;
+		}
+		len += cl;
+		line[len++] = '\n';
+		unsigned char *dst = fb_room(&f, (size_t)len);
+		if (!dst)
+			break;
+		memcpy(dst, line, (size_t)len);
+		f.used += (size_t)len;
+	}
+	fb_end(&f);
+	if (proc >= 0)
+		close(proc);
+	free(v);
+	send_frame(T_FOK, ch, NULL, 0);
+}
+
+static void handle_killpid(uint32_t ch, struct rd r)
+{
+	uint32_t pid, sig;
+	if (rd_u32(&r, &pid) || rd_u32(&r, &sig) || r.n) {
+		conn_fail("malformed KILLPID");
+		return;
+	}
+	if (pid == 0 || pid > INT_MAX || sig >= (uint32_t)NSIG) {
+		send_error(ch, EINVAL, "kill %u", pid);
+		return;
+	}
+	if ((pid_t)pid == g_self) {
+		send_error(ch, EPERM, "kill %u", pid);
+		return;
+	}
+	if (!g_is_init) {
+		size_t n = 0;
+		struct procent *v = proc_scan(&n);
+		int ok = v && in_sandbox(v, n, (pid_t)pid);
+		free(v);
+		if (!ok) {
+			send_error(ch, ESRCH, "kill %u", pid);
+			return;
+		}
+	}
+	if (kill((pid_t)pid, (int)sig) != 0)
+		send_error(ch, errno, "kill %u", pid);
+	else
+		send_frame(T_FOK, ch, NULL, 0);
+}
+
+/* ---- file operations ---- */
+
+/* Lexically normalizes an absolute path ("//a/./b/../c" -> "/a/c"); `..` stops at "/".
+ * The kernel then resolves the result inside the agent's root, so nothing leaves it. */
+static int norm_path(const char *in, char *out)
+{
+	if (in[0] != '/')
+		return -EINVAL;
+	if (strlen(in) >= PATH_MAXLEN)
+		return -ENAMETOOLONG;
+	size_t len = 1;
+	out[0] = '/';
+	const char *p = in;
+	while (*p) {
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		const char *s = p;
+		while (*p && *p != '/')
+			p++;
+		size_t cl = (size_t)(p - s);
+		if (cl == 1 && s[0] == '.')
+			continue;
+		if (cl == 2 && s[0] == '.' && s[1] == '.') {
+			while (len > 1 && out[len - 1] != '/')
+				len--;
+			if (len > 1)
+				len--;
+			continue;
+		}
+		if (cl > NAME_MAXLEN)
+			return -ENAMETOOLONG;
+		if (len > 1)
+			out[len++] = '/';
+		if (len + cl >= PATH_MAXLEN)
+			return -ENAMETOOLONG;
+		memcpy(out + len, s, cl);
+		len += cl;
+	}
+	out[len] = 0;
+	return 0;
+}
+
+/* Splits a normalized path other than "/" into its parent (in place) and last name. */
+static const char *split_path(char *path, const char **base)
+{
+	char *slash = strrchr(path, '/');
+	*base = slash + 1;
+	if (slash == path)
+		return "/";
+	*slash = 0;
+	return path;
+}
+
+static int read_path(uint32_t ch, struct rd *r, char *norm, const char *op)
+{
+	const char *path;
+	if (rd_str(r, &path) || r->n) {
+		conn_fail("malformed file request");
+		return -1;
+	}
+	int e = norm_path(path, norm);
+	if (e) {
+		send_error(ch, -e, "%s %.256s", op, path);
+		return -1;
+	}
+	return 0;
+}
+
+/* mkdir -p; intermediate directories get 0755, the last one `mode`.
+ * Returns 1 when the last one was created, 0 when it already was a directory, or -errno. */
+static int mkdir_parents(char *path, mode_t mode)
+{
+	int created = 0;
+	for (char *s = path + 1;; s++) {
+		if (*s != '/' && *s != 0)
+			continue;
+		char c = *s;
+		*s = 0;
+		int rc = 0;
+		if (mkdir(path, c ? 0755 : mode) == 0) {
+			created = !c;
+		} else if (errno != EEXIST) {
+			rc = -errno;
+		} else {
+			struct stat st;
+			if (stat(path, &st) != 0)
+				rc = -errno;
+			else if (!S_ISDIR(st.st_mode))
+				rc = c ? -ENOTDIR : -EEXIST;
+		}
+		*s = c;
+		if (rc)
+			return rc;
+		if (!c)
+			return created;
+	}
+}
+
+static struct fop *fop_by_channel(uint32_t ch)
+{
+	for (struct fop *f = g_fops; f; f = f->next)
+		if (f->channel == ch)
+			return f;
+	return NULL;
+}
+
+static struct fop *fop_new(uint32_t ch, int kind)
+{
+	if (g_fop_count >= MAX_FOPS) {
+		send_error(ch, EMFILE, "too many file operations");
+		return NULL;
+	}
+	struct fop *f = calloc(1, sizeof *f);
+	if (!f) {
+		send_error(ch, ENOMEM, "file operation");
+		return NULL;
+	}
+	f->channel = ch;
+	f->kind = kind;
+	f->fd = f->dirfd = -1;
+	f->next = g_fops;
+	g_fops = f;
+	g_fop_count++;
+	return f;
+}
+
+/* Ends a file operation; an unfinished write leaves no temp file behind. */
+static void fop_free(struct fop *f)
+{
+	for (struct fop **pp = &g_fops; *pp; pp = &(*pp)->next) {
+		if (*pp == f) {
+			*pp = f->next;
+			break;
+		}
+	}
+	if (f->kind == FOP_WRITE && f->tmp[0] && f->dirfd >= 0)
+		unlinkat(f->dirfd, f->tmp, 0);
+	close_fd(&f->fd);
+	close_fd(&f->dirfd);
+	if (f->dir)
+		closedir(f->dir);
+	free(f->base);
+	free(f);
+	g_fop_count--;
+}
+
+static void handle_fread(uint32_t ch, struct rd r)
+{
+	char path[PATH_MAXLEN];
+	if (read_path(ch, &r, path, "read"))
+		return;
+	struct stat st;
+	/* Check the type before open(): opening a FIFO or a device can block or act. */
+	if (lstat(path, &st) != 0) {
+		send_error(ch, errno, "read %s", path);
+		return;
+	}
+	if (S_ISLNK(st.st_mode) || S_ISDIR(st.st_mode) || !S_ISREG(st.st_mode)) {
+		send_error(ch, S_ISLNK(st.st_mode) ? ELOOP : S_ISDIR(st.st_mode) ? EISDIR : EINVAL,
+			   "read %s", path);
+		return;
+	}
+	int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0) {
+		send_error(ch, errno, "read %s", path);
+		return;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		send_error(ch, EINVAL, "read %s: not a regular file", path);
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_READ);
+	if (!f) {
+		close(fd);
+		return;
+	}
+	f->fd = fd;
+}
+
+static void handle_flist(uint32_t ch, struct rd r)
+{
+	char path[PATH_MAXLEN];
+	if (read_path(ch, &r, path, "list"))
+		return;
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		send_error(ch, errno, "list %s", path);
+		return;
+	}
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		int e = errno;
+		close(fd);
+		send_error(ch, e, "list %s", path);
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_LIST);
+	if (!f) {
+		closedir(d);
+		return;
+	}
+	f->dir = d;
+}
+
+/* One step of a streaming operation (FREAD, FLIST); frees the op when it is done. */
+static void fop_step(struct fop *f)
+{
+	if (f->kind == FOP_READ) {
+		size_t room;
+		unsigned char *p = q_reserve(HDR + 4096, HDR + FILE_CHUNK, &room);
+		if (!p)
+			return;
+		ssize_t r = read(f->fd, p + HDR, room - HDR);
+		if (r > 0) {
+			put_hdr(p, T_FDATA, f->channel, (size_t)r);
+			q_commit(HDR + (size_t)r);
+			return;
+		}
+		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+			return;
+		if (r == 0)
+			send_frame(T_FDATA, f->channel, NULL, 0);
+		else
+			send_error(f->channel, errno, "read");
+		fop_free(f);
+		return;
+	}
+	struct fbuild b = { .type = T_FLIST_RESULT, .ch = f->channel };
+	if (fb_begin(&b) < 0)
+		return;
+	int dfd = dirfd(f->dir);
+	while (HDR + b.used + LIST_ENTRY_MAX <= b.room) {
+		errno = 0;
+		struct dirent *de = readdir(f->dir);
+		if (!de) {
+			int e = errno;
+			fb_end(&b);
+			if (e)
+				send_error(f->channel, e, "list");
+			else
+				send_frame(T_FOK, f->channel, NULL, 0);
+			fop_free(f);
+			return;
+		}
+		const char *name = de->d_name;
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		struct stat st;
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue; /* removed meanwhile */
+		unsigned char *p = b.base + HDR + b.used;
+		size_t nl = strlen(name);
+		stat_encode(p, &st);
+		memcpy(p + STAT_BYTES, name, nl + 1);
+		b.used += STAT_BYTES + nl + 1;
+	}
+	fb_end(&b);
+}
+
+static void handle_fwrite_begin(uint32_t ch, struct rd r)
+{
+	uint32_t mode, flags;
+	char path[PATH_MAXLEN];
+	if (rd_u32(&r, &mode) || rd_u32(&r, &flags)) {
+		conn_fail("malformed FWRITE_BEGIN");
+		return;
+	}
+	if (read_path(ch, &r, path, "write"))
+		return;
+	if (!strcmp(path, "/")) {
+		send_error(ch, EISDIR, "write /");
+		return;
+	}
+	char full[PATH_MAXLEN];
+	memcpy(full, path, strlen(path) + 1);
+	const char *base;
+	const char *parent = split_path(path, &base);
+	if (flags & 1) {
+		char tmp[PATH_MAXLEN];
+		memcpy(tmp, parent, strlen(parent) + 1);
+		int rc = mkdir_parents(tmp, 0755);
+		if (rc < 0) {
+			send_error(ch, -rc, "mkdir %s", parent);
+			return;
+		}
+	}
+	int dfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd < 0) {
+		send_error(ch, errno, "write %s", full);
+		return;
+	}
+	struct stat st;
+	int existed = 0;
+	if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+		int bad = S_ISLNK(st.st_mode) ? ELOOP : S_ISDIR(st.st_mode) ? EISDIR : !S_ISREG(st.st_mode) ? EINVAL : 0;
+		if (bad) {
+			close(dfd);
+			send_error(ch, bad, "write %s", full);
+			return;
+		}
+		existed = 1;
+	} else if (errno != ENOENT) {
+		int e = errno;
+		close(dfd);
+		send_error(ch, e, "write %s", full);
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_WRITE);
+	if (!f) {
+		close(dfd);
+		return;
+	}
+	f->dirfd = dfd;
+	f->mode = mode & 0777;
+	f->existed = existed;
+	if (existed) {
+		f->uid = st.st_uid;
+		f->gid = st.st_gid;
+	}
+	f->base = strdup(base);
+	snprintf(f->tmp, sizeof f->tmp, ".airlock-%d-%u.tmp", (int)g_self, ++g_tmp_counter);
+	f->fd = openat(dfd, f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (f->fd < 0 || !f->base) {
+		int e = f->base ? errno : ENOMEM;
+		f->tmp[0] = 0;
+		send_error(ch, e, "write %s", full);
+		fop_free(f);
+	}
+}
+
+static void fwrite_commit(struct fop *f)
+{
+	struct stat st;
+	if (fchmod(f->fd, f->mode) != 0) {
+		send_error(f->channel, errno, "chmod");
+		fop_free(f);
+		return;
+	}
+	if (f->existed && fchown(f->fd, f->uid, f->gid) != 0) {
+		/* keep the agent's ownership: the write itself succeeded */
+	}
+	if (fstatat(f->dirfd, f->base, &st, AT_SYMLINK_NOFOLLOW) == 0 && (S_ISLNK(st.st_mode) || S_ISDIR(st.st_mode))) {
+		send_error(f->channel, S_ISLNK(st.st_mode) ? ELOOP : EISDIR, "write %s", f->base);
+		fop_free(f);
+		return;
+	}
+	if (renameat(f->dirfd, f->tmp, f->dirfd, f->base) != 0) {
+		send_error(f->channel, errno, "rename %s", f->base);
+		fop_free(f);
+		return;
+	}
+	f->tmp[0] = 0;
+	if (fstat(f->fd, &st) != 0)
+		send_error(f->channel, errno, "stat %s", f->base);
+	else
+		send_stat_ok(f->channel, &st);
+	fop_free(f);
+}
+
+static void handle_fwrite_data(uint32_t ch, const unsigned char *p, size_t n)
+{
+	struct fop *f = fop_by_channel(ch);
+	if (!f || f->kind != FOP_WRITE)
+		return; /* the write already failed (ERROR sent) or was cancelled */
+	if (n == 0) {
+		fwrite_commit(f);
+		return;
+	}
+	while (n > 0) {
+		ssize_t w = write(f->fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			send_error(ch, errno, "write %s", f->base);
+			fop_free(f);
+			return;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+}
+
+static int rm_tree_at(int pfd, const char *name, int depth)
+{
+	if (depth > RM_MAX_DEPTH)
+		return -ENAMETOOLONG;
+	int fd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOTDIR || errno == ELOOP) /* replaced by a file or link meanwhile */
+			return unlinkat(pfd, name, 0) == 0 ? 0 : -errno;
+		return -errno;
+	}
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		int e = errno;
+		close(fd);
+		return -e;
+	}
+	int rc = 0;
+	struct dirent *de;
+	while (!rc && (de = readdir(d))) {
+		const char *n = de->d_name;
+		if (!strcmp(n, ".") || !strcmp(n, ".."))
+			continue;
+		int isdir = de->d_type == DT_DIR;
+		if (de->d_type == DT_UNKNOWN) {
+			struct stat st;
+			isdir = fstatat(fd, n, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+		}
+		rc = isdir ? rm_tree_at(fd, n, depth + 1) : unlinkat(fd, n, 0) == 0 ? 0 : -errno;
+		if (rc == -ENOENT)
+			rc = 0;
+	}
+	closedir(d);
+	if (rc)
+		return rc;
+	return unlinkat(pfd, name, AT_REMOVEDIR) == 0 || errno == ENOENT ? 0 : -errno;
+}
+
+static void handle_fdelete(uint32_t ch, struct rd r)
+{
+	uint32_t flags;
+	char path[PATH_MAXLEN];
+	if (rd_u32(&r, &flags)) {
+		conn_fail("malformed FDELETE");
+		return;
+	}
+	if (read_path(ch, &r, path, "delete"))
+		return;
+	if (!strcmp(path, "/")) {
+		send_error(ch, EBUSY, "delete /");
+		return;
+	}
+	char full[PATH_MAXLEN];
+	memcpy(full, path, strlen(path) + 1);
+	struct stat st;
+	if (lstat(full, &st) != 0) {
+		send_error(ch, errno, "delete %s", full);
+		return;
+	}
+	int rc;
+	if (!S_ISDIR(st.st_mode)) {
+		rc = unlink(full) == 0 ? 0 : -errno; /* a link is removed, never its target */
+	} else if (!(flags & 1)) {
+		rc = rmdir(full) == 0 ? 0 : -errno;
+	} else {
+		const char *base;
+		const char *parent = split_path(path, &base);
+		int pfd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		rc = pfd < 0 ? -errno : rm_tree_at(pfd, base, 0);
+		if (pfd >= 0)
+			close(pfd);
+	}
+	if (rc)
+		send_error(ch, -rc, "delete %s", full);
+	else
+		send_frame(T_FOK, ch, NULL, 0);
+}
+
+static void handle_fstat(uint32_t ch, struct rd r)
+{
+	char path[PATH_MAXLEN];
+	if (read_path(ch, &r, path, "stat"))
+		return;
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		send_error(ch, errno, "stat %s", path);
+	else
+		send_stat_ok(ch, &st);
+}
+
+static void handle_fmkdir(uint32_t ch, struct rd r)
+{
+	uint32_t mode, flags;
+	char path[PATH_MAXLEN];
+	if (rd_u32(&r, &mode) || rd_u32(&r, &flags)) {
+		conn_fail("malformed FMKDIR");
+		return;
+	}
+	if (read_path(ch, &r, path, "mkdir"))
+		return;
+	mode &= 0777;
+	int rc;
+	if (flags & 1)
+		rc = mkdir_parents(path, mode);
+	else
+		rc = mkdir(path, mode) == 0 ? 1 : -errno;
+	if (rc == 1) {
+		/* Exact mode, whatever the umask; O_NOFOLLOW: never chmod through a swapped-in link. */
+		int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			if (fchmod(fd, mode) != 0)
+				rc = -errno;
+			close(fd);
+		}
+	}
+	if (rc < 0)
+		send_error(ch, -rc, "mkdir %s", path);
+	else
+		send_frame(T_FOK, ch, NULL, 0);
+}
+
+static void handle_cancel(uint32_t ch)
+{
+	struct fop *f = fop_by_channel(ch);
+	if (f)
+		fop_free(f);
+}
+
+/* ---- inbound ---- */
+static int is_new_op(unsigned type)
+{
+	switch (type) {
+	case T_EXEC: case T_PS: case T_KILLPID: case T_PING: case T_FREAD: case T_FWRITE_BEGIN:
+	case T_FLIST: case T_FDELETE: case T_FSTAT: case T_FMKDIR:
+		return 1;
+	}
+	return 0;
+}
+
+static void handle_frame(unsigned type, uint32_t ch, const unsigned char *p, size_t n)
+{
+	struct rd r = { p, n };
+	if (ch == 0) {
+		conn_fail("frame on channel 0");
+		return;
+	}
+	if (is_new_op(type) && (exec_by_channel(ch) || fop_by_channel(ch))) {
+		conn_fail("channel already in use");
+		return;
+	}
+	switch (type) {
+	case T_EXEC: handle_exec(ch, r); break;
+	case T_STDIN: handle_stdin(ch, p, n); break;
+	case T_SIGNAL: handle_signal(ch, r); break;
+	case T_PS:
+		if (n)
+			conn_fail("malformed PS");
+		else
+			handle_ps(ch);
+		break;
+	case T_KILLPID: handle_killpid(ch, r); break;
+	case T_PING: send_frame(T_PONG, ch, p, n); break;
+	case T_CANCEL: handle_cancel(ch); break;
+	case T_FREAD: handle_fread(ch, r); break;
+	case T_FWRITE_BEGIN: handle_fwrite_begin(ch, r); break;
+	case T_FWRITE_DATA: handle_fwrite_data(ch, p, n); break;
+	case T_FLIST: handle_flist(ch, r); break;
+	case T_FDELETE: handle_fdelete(ch, r); break;
+	case T_FSTAT: handle_fstat(ch, r); break;
+	case T_FMKDIR: handle_fmkdir(ch, r); break;
+	default: conn_fail("unknown frame type"); break;
+	}
+}
+
+/* Reading from the host pauses while too much waits to go out or into children's stdin:
+ * memory stays bounded, and the host, which always reads, unblocks it. */
+static int inbound_paused(void)
+{
+	return q_bytes > OUT_HARD || g_stdin_bytes > STDIN_HIGH;
+}
+
+static void in_reset(void)
+{
+	g_in_len = 0;
+	if (g_in_cap != IN_INITIAL) {
+		unsigned char *nb = realloc(g_in, IN_INITIAL);
+		if (nb) {
+			g_in = nb;
+			g_in_cap = IN_INITIAL;
+		}
+	}
+}
+
+static void process_inbound(void)
+{
+	size_t off = 0;
+	while (online() && !inbound_paused() && g_in_len - off >= 4) {
+		uint32_t len = get32(g_in + off);
+		if (len < 5 || len > 5 + MAX_PAYLOAD) {
+			conn_fail("bad frame length");
+			return;
+		}
+		if (g_in_len - off < 4 + (size_t)len)
+			break;
+		handle_frame(g_in[off + 4], get32(g_in + off + 5), g_in + off + HDR, len - 5);
+		off += 4 + (size_t)len;
+	}
+	if (!online())
+		return;
+	if (off) {
+		memmove(g_in, g_in + off, g_in_len - off);
+		g_in_len -= off;
+	}
+	if (g_in_len >= 4) {
+		size_t need = 4 + (size_t)get32(g_in);
+		if (need > 5 + MAX_PAYLOAD + 4) {
+			conn_fail("bad frame length");
+			return;
+		}
+		if (need > g_in_cap) {
+			unsigned char *nb = realloc(g_in, need);
+			if (!nb) {
+				conn_fail("out of memory");
+				return;
+			}
+			g_in = nb;
+			g_in_cap = need;
+		}
+	} else if (g_in_cap > IN_INITIAL) {
+		in_reset(); /* a big frame is done: give its memory back */
+	}
+}
+
+static void sock_readable(void)
+{
+	for (int i = 0; i < 8 && online() && !inbound_paused() && g_in_len < g_in_cap; i++) {
+		ssize_t r = read(g_sock, g_in + g_in_len, g_in_cap - g_in_len);
+		if (r == 0) {
+			conn_fail("host closed the connection");
+			return;
+		}
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno != EAGAIN)
+				conn_fail("read from host failed");
+			return;
+		}
+		g_in_len += (size_t)r;
+		process_inbound();
+	}
+}
+
+/* ---- connection ---- */
+static void conn_drop(void)
+{
+	uint64_t now = now_ms();
+	logmsg("disconnected: %s", g_drop ? g_drop : "?");
+	close(g_sock);
+	g_sock = -1;
+	g_drop = NULL;
+	q_clear();
+	in_reset();
+	while (g_fops)
+		fop_free(g_fops);
+	/* Channels belong to a connection: running processes stay, their output is dropped. */
+	for (struct exec *e = g_execs; e; e = e->next) {
+		e->channel = 0;
+		stdin_close(e);
+	}
+	/* A connection that did not last a second does not restart the fast-retry window,
+	 * so a host that keeps dropping us is not hammered at 50 Hz. */
+	if (now - g_up_since >= 1000) {
+		g_down_since = now;
+		g_next_connect = now;
+	} else {
+		g_next_connect = now + (now - g_down_since < 1000 ? 20 : 250);
+	}
+}
+
+static void try_connect(uint64_t now)
+{
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	memcpy(sa.sun_path, g_sock_path, strlen(g_sock_path) + 1);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		if (!g_connect_logged) {
+			logmsg("connect %s: %s (retrying)", g_sock_path, strerror(errno));
+			g_connect_logged = 1;
+		}
+		if (fd >= 0)
+			close(fd);
+		g_next_connect = now + (now - g_down_since < 1000 ? 20 : 250);
+		return;
+	}
+	g_sock = fd;
+	g_drop = NULL;
+	g_up_since = now;
+	g_connect_logged = 0;
+	unsigned char v[4];
+	put32(v, PROTO_VERSION);
+	send_frame2(T_HELLO, 0, v, 4, g_token, g_token_len + 1);
+}
+
+/* ---- lifecycle ---- */
+
+/* Test runs only (not PID 1): kill everything we started, then go. As PID 1 the kernel
+ * kills the whole sandbox when the agent exits. */
+static void shutdown_and_exit(void)
+{
+	for (struct exec *e = g_execs; e; e = e->next)
+		exec_kill(e, SIGKILL);
+	for (int round = 0; round < 3 && !g_is_init; round++) {
+		size_t n = 0;
+		struct procent *v = proc_scan(&n);
+		for (size_t i = 0; v && i < n; i++)
+			if (in_sandbox(v, n, v[i].pid))
+				kill(v[i].pid, SIGKILL);
+		free(v);
+	}
+	_exit(0);
+}
+
+static void handle_signals(void)
+{
+	struct signalfd_siginfo si[16];
+	for (;;) {
+		ssize_t r = read(g_sigfd, si, sizeof si);
+		if (r <= 0)
+			break;
+		for (size_t i = 0; i < (size_t)r / sizeof si[0]; i++) {
+			if (si[i].ssi_signo == SIGCHLD)
+				continue;
+			/* As PID 1, only a signal from outside the sandbox (sender pid 0 here) stops
+			 * the agent: code inside the sandbox must not be able to end it. */
+			if (!g_is_init || si[i].ssi_pid == 0)
+				shutdown_and_exit();
+		}
+	}
+	reap();
+}
+
+static void take_token(void)
+{
+	char *t = getenv("AIRLOCK_AGENT_TOKEN");
+	size_t len = t ? strlen(t) : 0;
+	if (len == 0 || len > TOKEN_MAX) {
+		logmsg("AIRLOCK_AGENT_TOKEN must be set (1..%d bytes)", TOKEN_MAX);
+		exit(2);
+	}
+	g_token = malloc(len + 1);
+	if (!g_token)
+		exit(2);
+	memcpy(g_token, t, len + 1);
+	g_token_len = len;
+	/* /proc/1/environ reads the original bytes, so wipe them, not just the pointer. */
+	explicit_bzero(t, len);
+	unsetenv("AIRLOCK_AGENT_TOKEN");
+}
+
+static void setup_fds(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) < 0) {
+			int n = open("/dev/null", O_RDWR);
+			if (n >= 0 && n != fd) {
+				dup2(n, fd);
+				close(n);
+			}
+		}
+	}
+	/* Inherited descriptors must not leak into the sandbox's processes. */
+	if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
+		DIR *d = opendir("/proc/self/fd");
+		if (d) {
+			int self = dirfd(d);
+			struct dirent *de;
+			while ((de = readdir(d))) {
+				int fd = atoi(de->d_name);
+				if (fd > 2 && fd != self)
+					close(fd);
+			}
+			closedir(d);
+		}
+	}
+	g_devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+}
+
+static void setup_signals(void)
+{
+	/* Ignored dispositions survive exec: start clean so children inherit defaults. */
+	for (int s = 1; s < NSIG; s++)
+		if (s != SIGKILL && s != SIGSTOP)
+			signal(s, SIG_DFL);
+	signal(SIGPIPE, SIG_IGN);
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	g_sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (g_sigfd < 0) {
+		logmsg("signalfd: %s", strerror(errno));
+		exit(2);
+	}
+}
+
+/* ---- main loop ---- */
+enum { K_SIG, K_SOCK, K_OUT, K_ERR, K_IN };
+struct slot {
+	int kind;
+	struct exec *e;
+};
+static struct pollfd *g_pfd;
+static struct slot *g_slot;
+static size_t g_pcap;
+
+static int poll_add(size_t *n, int fd, short events, int kind, struct exec *e)
+{
+	if (*n == g_pcap) {
+		size_t cap = g_pcap ? g_pcap * 2 : 64;
+		struct pollfd *np = realloc(g_pfd, cap * sizeof *np);
+		if (np)
+			g_pfd = np;
+		struct slot *ns = realloc(g_slot, cap * sizeof *ns);
+		if (ns)
+			g_slot = ns;
+		if (!np || !ns)
+			return -1;
+		g_pcap = cap;
+	}
+	g_pfd[*n].fd = fd;
+	g_pfd[*n].events = events;
+	g_pfd[*n].revents = 0;
+	g_slot[*n].kind = kind;
+	g_slot[*n].e = e;
+	(*n)++;
+	return 0;
+}
+
+static int streams_pending(void)
+{
+	for (struct fop *f = g_fops; f; f = f->next)
+		if (f->kind != FOP_WRITE)
+			return 1;
+	return 0;
+}
+
+static void run_streams(void)
+{
+	for (struct fop *f = g_fops, *next; f && online() && q_bytes < OUT_SOFT; f = next) {
+		next = f->next;
+		if (f->kind != FOP_WRITE)
+			fop_step(f);
+	}
+}
+
+static void loop(void)
+{
+	for (;;) {
+		uint64_t now = now_ms();
+		int64_t timeout = -1;
+		if (g_sock < 0) {
+			if (now >= g_next_connect)
+				try_connect(now);
+			if (g_sock < 0)
+				timeout = (int64_t)(g_next_connect - now);
+		}
+		for (struct exec *e = g_execs; e; e = e->next) {
+			if (!e->deadline || e->pid <= 0)
+				continue;
+			if (now >= e->deadline) {
+				exec_kill(e, SIGKILL);
+				e->timed_out = 1;
+				e->deadline = 0;
+			} else if (timeout < 0 || (int64_t)(e->deadline - now) < timeout) {
+				timeout = (int64_t)(e->deadline - now);
+			}
+		}
+		if (online()) {
+			run_streams();
+			if (!inbound_paused() && g_in_len >= 4)
+				process_inbound();
+			q_flush();
+		}
+		if (g_drop) {
+			conn_drop();
+			continue;
+		}
+		if (online() && q_bytes < OUT_SOFT && streams_pending())
+			timeout = 0;
+
+		size_t n = 0;
+		int ok = poll_add(&n, g_sigfd, POLLIN, K_SIG, NULL) == 0;
+		if (ok && g_sock >= 0) {
+			short ev = (short)((inbound_paused() ? 0 : POLLIN) | (q_head ? POLLOUT : 0));
+			ok = poll_add(&n, g_sock, ev, K_SOCK, NULL) == 0;
+		}
+		int pipes_open = !online() || q_bytes < OUT_SOFT;
+		for (struct exec *e = g_execs; ok && e; e = e->next) {
+			int listen = e->channel == 0 || pipes_open; /* dropped output is always read */
+			if (e->out_fd >= 0 && listen)
+				ok = poll_add(&n, e->out_fd, POLLIN, K_OUT, e) == 0;
+			if (ok && e->err_fd >= 0 && listen)
+				ok = poll_add(&n, e->err_fd, POLLIN, K_ERR, e) == 0;
+			if (ok && e->in_fd >= 0 && e->in_len > e->in_off)
+				ok = poll_add(&n, e->in_fd, POLLOUT, K_IN, e) == 0;
+		}
+		if (!ok && timeout < 0)
+			timeout = 10; /* out of memory for the poll set: keep going, retry soon */
+		int rc = poll(g_pfd, n, timeout > 60000 ? 60000 : (int)timeout);
+		if (rc < 0) {
+			if (errno != EINTR)
+				logmsg("poll: %s", strerror(errno));
+			continue;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct pollfd *p = &g_pfd[i];
+			struct exec *e = g_slot[i].e;
+			if (!p->revents)
+				continue;
+			switch (g_slot[i].kind) {
+			case K_SIG:
+				handle_signals();
+				break;
+			case K_SOCK:
+				if (p->fd != g_sock)
+					break;
+				if (p->revents & (POLLIN | POLLHUP | POLLERR))
+					sock_readable();
+				if (p->revents & POLLOUT)
+					q_flush();
+				break;
+			case K_OUT:
+				if (e->out_fd == p->fd)
+					pipe_read(e, 0, PIPE_READ);
+				break;
+			case K_ERR:
+				if (e->err_fd == p->fd)
+					pipe_read(e, 1, PIPE_READ);
+				break;
+			case K_IN:
+				if (e->in_fd == p->fd)
+					stdin_flush(e);
+				break;
+			}
+		}
+		exec_sweep();
+	}
+}
+
+int main(int argc, char **argv)
+{
+	g_self = getpid();
+	if (argc != 3 || strcmp(argv[1], "--connect") != 0) {
+		logmsg("usage: airlock-agent --connect SOCKET_PATH");
+		return 2;
+	}
+	g_sock_path = argv[2];
+	if (g_sock_path[0] == 0 || strlen(g_sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+		logmsg("socket path empty or too long");
+		return 2;
+	}
+	take_token();
+	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* no /proc/1/mem, /proc/1/environ for the sandbox */
+	g_is_init = g_self == 1;
+	if (!g_is_init)
+		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* orphans come to us, not to the host's init */
+	/* Big buffers come from mmap and go back to the kernel when freed: idle RSS stays small. */
+	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 64 * 1024);
+	setup_fds();
+	setup_signals();
+	umask(022);
+	if (chdir("/") != 0)
+		logmsg("chdir /: %s", strerror(errno));
+	g_in = malloc(IN_INITIAL);
+	if (!g_in)
+		return 2;
+	g_in_cap = IN_INITIAL;
+	g_down_since = g_next_connect = now_ms();
+	loop();
+	return 0;
+}

@@ -1,0 +1,743 @@
+/**
+ * Host side of the agent protocol: a unix-socket server that the in-sandbox agent dials.
+ *
+ * One AgentLink per sandbox. The agent is untrusted: it must authenticate within 2 s,
+ * only one authenticated connection is held at a time (a second is refused, since code in
+ * the sandbox could try to impersonate the agent), every frame is bounded and validated,
+ * and any violation drops that connection. Nothing here throws out of a socket event.
+ */
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { promises as fsp } from 'node:fs';
+import net from 'node:net';
+import {
+  FrameDecoder, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
+  decodeError, decodeExit, decodeHello, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
+  encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeU32s,
+} from './protocol.js';
+import type { AgentDirEntry, AgentExecSpec, AgentExit, AgentFileStat, AgentProcess, Frame } from './protocol.js';
+
+export type { AgentDirEntry, AgentExecSpec, AgentExit, AgentFileStat, AgentProcess } from './protocol.js';
+
+/** A request the agent answered with an ERROR frame (errno as in Linux: ENOENT=2, ELOOP=40 …). */
+export class AgentError extends Error {
+  readonly errno: number;
+  constructor(errno: number, message: string) {
+    super(message);
+    this.name = 'AgentError';
+    this.errno = errno;
+  }
+}
+
+/** No agent is connected, or the connection dropped before the operation finished. */
+export class AgentDisconnectedError extends Error {
+  constructor(message = 'sandbox agent is not connected') {
+    super(message);
+    this.name = 'AgentDisconnectedError';
+  }
+}
+
+export interface AgentExecHandle {
+  channel: number;
+  /** In-sandbox pid; rejects with AgentError when the exec could not start. */
+  started: Promise<number>;
+  /** Rejects with AgentDisconnectedError when the link drops first. */
+  done: Promise<AgentExit>;
+  writeStdin(data: Buffer): void;
+  closeStdin(): void;
+  signal(signo: number): void;
+}
+
+export interface AgentExecOutput {
+  onStdout?(b: Buffer): void;
+  onStderr?(b: Buffer): void;
+}
+
+const EINVAL = 22;
+const EFBIG = 27;
+const E2BIG = 7;
+
+const HELLO_TIMEOUT_MS = 2000;
+/** Before authentication only a HELLO is acceptable: keep the buffer for it tiny. */
+const PRE_AUTH_MAX_PAYLOAD = 4 + 1024 + 1;
+const MAX_PENDING_CONNECTIONS = 16;
+/** Bound on the total size of one PS or FLIST answer. */
+const MAX_RESULT_BYTES = 16 * 1024 * 1024;
+/** Frames above this size are sent as header + payload instead of copied into one buffer. */
+const COPY_LIMIT = 16 * 1024;
+const WRITE_CHUNK = 256 * 1024;
+/** A slow readFileStream consumer pauses the socket above this, resumes below the low mark. */
+const STREAM_HIGH_WATER = 8 * 1024 * 1024;
+const STREAM_LOW_WATER = 1024 * 1024;
+const PATH_MAX_BYTES = 4095;
+
+interface ChannelHandler {
+  onFrame(f: Frame): void;
+  fail(err: Error): void;
+}
+
+interface OpControl<T> {
+  resolve(v: T): void;
+  /** Ends the op with an error; `cancel` also tells the agent to stop. */
+  reject(err: Error, cancel?: boolean): void;
+}
+
+const noop = (): void => {};
+
+function safeCall(fn: ((b: Buffer) => void) | undefined, b: Buffer): void {
+  if (!fn) return;
+  try {
+    fn(b);
+  } catch {
+    // A consumer's exception must not tear down the link that other operations share.
+  }
+}
+
+function pathProblem(path: unknown): string | null {
+  if (typeof path !== 'string') return 'path must be a string';
+  if (!path.startsWith('/')) return `path must be absolute: ${JSON.stringify(path)}`;
+  if (path.includes('\0')) return 'path must not contain NUL';
+  if (Buffer.byteLength(path) > PATH_MAX_BYTES) return 'path too long';
+  return null;
+}
+
+const isU32 = (n: unknown): n is number => Number.isInteger(n) && (n as number) >= 0 && (n as number) <= 0xffffffff;
+const noNul = (s: unknown): boolean => typeof s === 'string' && !s.includes('\0');
+
+function execSpecProblem(spec: AgentExecSpec): string | null {
+  if (!spec || !Array.isArray(spec.argv) || spec.argv.length === 0) return 'argv must be a non-empty array';
+  if (!spec.argv.every(noNul) || spec.argv[0] === '') return 'argv entries must be strings without NUL, argv[0] non-empty';
+  if (!Array.isArray(spec.env) || !spec.env.every((e) => noNul(e) && e.indexOf('=') > 0)) return 'env entries must be "K=V" strings';
+  if (!noNul(spec.cwd) || !spec.cwd.startsWith('/')) return 'cwd must be an absolute path';
+  if (!isU32(spec.uid) || !isU32(spec.gid)) return 'uid and gid must be u32';
+  if (!isU32(spec.timeoutMs)) return 'timeoutMs must be an integer from 0 to 2^32-1';
+  return null;
+}
+
+function rejectedHandle(err: Error): AgentExecHandle {
+  const started = Promise.reject<number>(err);
+  const done = Promise.reject<AgentExit>(err);
+  started.catch(noop);
+  done.catch(noop);
+  return { channel: 0, started, done, writeStdin: noop, closeStdin: noop, signal: noop };
+}
+
+export class AgentLink extends EventEmitter {
+  private conn: net.Socket | null = null;
+  private readonly pending = new Set<net.Socket>();
+  private readonly channels = new Map<number, ChannelHandler>();
+  private readonly pauseHolders = new Set<symbol>();
+  private readonly waiters = new Set<{ resolve(): void; reject(e: Error): void }>();
+  private nextChannel = 1;
+  private closed = false;
+  private closing: Promise<void> | null = null;
+
+  private constructor(
+    readonly socketPath: string,
+    private readonly token: Buffer,
+    private readonly server: net.Server,
+  ) {
+    super();
+    server.on('connection', (s) => this.onConnection(s));
+    server.on('error', noop); // accept() failures (EMFILE …) must not crash the daemon
+  }
+
+  /** Listens on `socketPath` (a stale socket there is replaced; anything else is an error). */
+  static async listen(socketPath: string, token: string): Promise<AgentLink> {
+    if (typeof token !== 'string' || token === '' || token.includes('\0') || Buffer.byteLength(token) > 1024) {
+      throw new Error('agent token must be 1..1024 bytes without NUL');
+    }
+    let existing: import('node:fs').Stats | null = null;
+    try {
+      existing = await fsp.lstat(socketPath);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (existing) {
+      if (!existing.isSocket()) throw new Error(`${socketPath} exists and is not a socket`);
+      await fsp.unlink(socketPath);
+    }
+    const server = net.createServer();
+    const link = new AgentLink(socketPath, Buffer.from(token, 'utf8'), server);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    // The agent runs as the sandbox's (mapped) root, not as the daemon's user.
+    await fsp.chmod(socketPath, 0o666);
+    return link;
+  }
+
+  get connected(): boolean {
+    return this.conn !== null;
+  }
+
+  waitConnected(timeoutMs: number): Promise<void> {
+    if (this.conn) return Promise.resolve();
+    if (this.closed) return Promise.reject(new AgentDisconnectedError('agent link is closed'));
+    return new Promise<void>((resolve, reject) => {
+      const w = {
+        resolve: () => {
+          clearTimeout(timer);
+          this.waiters.delete(w);
+          resolve();
+        },
+        reject: (e: Error) => {
+          clearTimeout(timer);
+          this.waiters.delete(w);
+          reject(e);
+        },
+      };
+      const timer = setTimeout(() => w.reject(new AgentDisconnectedError(`agent did not connect within ${timeoutMs} ms`)), timeoutMs);
+      this.waiters.add(w);
+    });
+  }
+
+  // ---- connections ----
+
+  private onConnection(sock: net.Socket): void {
+    sock.on('error', noop);
+    if (this.closed || this.pending.size >= MAX_PENDING_CONNECTIONS) {
+      sock.destroy();
+      return;
+    }
+    this.pending.add(sock);
+    const decoder = new FrameDecoder(PRE_AUTH_MAX_PAYLOAD);
+    const timer = setTimeout(() => sock.destroy(), HELLO_TIMEOUT_MS);
+    const onPreAuthData = (chunk: Buffer): void => {
+      let frames: Frame[];
+      try {
+        frames = decoder.push(chunk);
+      } catch {
+        sock.destroy();
+        return;
+      }
+      if (frames.length === 0) return;
+      clearTimeout(timer);
+      this.pending.delete(sock);
+      sock.off('data', onPreAuthData);
+      if (!this.authenticate(frames[0]!)) {
+        sock.destroy();
+        return;
+      }
+      if (this.conn && !this.conn.destroyed) {
+        sock.destroy(); // one agent per sandbox: a second "agent" is an impersonation attempt
+        return;
+      }
+      if (this.conn) this.onAgentClose(this.conn);
+      this.adopt(sock, decoder, frames.slice(1));
+    };
+    sock.on('data', onPreAuthData);
+    sock.on('close', () => {
+      clearTimeout(timer);
+      this.pending.delete(sock);
+      this.onAgentClose(sock);
+    });
+  }
+
+  private authenticate(f: Frame): boolean {
+    if (f.type !== MsgType.HELLO || f.channel !== 0) return false;
+    try {
+      const { version, token } = decodeHello(f.payload);
+      return version === PROTOCOL_VERSION && token.length === this.token.length && timingSafeEqual(token, this.token);
+    } catch {
+      return false;
+    }
+  }
+
+  private adopt(sock: net.Socket, decoder: FrameDecoder, early: Frame[]): void {
+    decoder.setMaxPayload(MAX_PAYLOAD);
+    this.conn = sock;
+    sock.on('data', (chunk: Buffer) => this.onAgentData(sock, decoder, chunk));
+    for (const w of [...this.waiters]) w.resolve();
+    this.safeEmit('connected');
+    this.dispatchAll(sock, early);
+  }
+
+  private onAgentData(sock: net.Socket, decoder: FrameDecoder, chunk: Buffer): void {
+    if (sock !== this.conn) return;
+    let frames: Frame[];
+    try {
+      frames = decoder.push(chunk);
+    } catch (e) {
+      this.drop(sock, e);
+      return;
+    }
+    this.dispatchAll(sock, frames);
+  }
+
+  private dispatchAll(sock: net.Socket, frames: Frame[]): void {
+    for (const f of frames) {
+      if (sock !== this.conn) return;
+      try {
+        if (f.type < MsgType.STARTED || f.type > MsgType.FLIST_RESULT) {
+          throw new ProtocolError(`unexpected frame type ${f.type}`);
+        }
+        // Unknown channels: an op that finished, failed or was cancelled; late frames are dropped.
+        if (f.channel !== 0) this.channels.get(f.channel)?.onFrame(f);
+      } catch (e) {
+        this.drop(sock, e);
+        return;
+      }
+    }
+  }
+
+  private drop(sock: net.Socket, reason: unknown): void {
+    sock.destroy();
+    this.onAgentClose(sock, reason);
+  }
+
+  private onAgentClose(sock: net.Socket, reason?: unknown): void {
+    if (sock !== this.conn) return;
+    this.conn = null;
+    this.pauseHolders.clear();
+    const err = new AgentDisconnectedError(
+      reason instanceof Error ? `agent connection dropped: ${reason.message}` : 'agent disconnected',
+    );
+    const handlers = [...this.channels.values()];
+    this.channels.clear();
+    for (const h of handlers) h.fail(err);
+    this.safeEmit('disconnected', err);
+  }
+
+  private safeEmit(event: string, ...args: unknown[]): void {
+    try {
+      this.emit(event, ...args);
+    } catch {
+      // Listener errors are the listener's; the link keeps serving.
+    }
+  }
+
+  // ---- sending ----
+
+  private allocChannel(): number {
+    for (;;) {
+      const c = this.nextChannel;
+      this.nextChannel = c >= 0xffffffff ? 1 : c + 1;
+      if (!this.channels.has(c)) return c;
+    }
+  }
+
+  /** Writes one frame; returns false when the socket's buffer is full (wait for 'drain'). */
+  private writeFrame(sock: net.Socket, type: number, channel: number, payload?: Buffer): boolean {
+    if (sock.destroyed) return true;
+    if (!payload || payload.length <= COPY_LIMIT) return sock.write(encodeFrame(type, channel, payload));
+    sock.cork();
+    sock.write(encodeHeader(type, channel, payload.length));
+    const ok = sock.write(payload);
+    sock.uncork();
+    return ok;
+  }
+
+  private holdPause(tok: symbol): void {
+    if (!this.conn || this.pauseHolders.has(tok)) return;
+    this.pauseHolders.add(tok);
+    this.conn.pause();
+  }
+
+  private releasePause(tok: symbol): void {
+    if (!this.pauseHolders.delete(tok)) return;
+    if (this.pauseHolders.size === 0) this.conn?.resume();
+  }
+
+  /** One request on a fresh channel; `onFrame` sees every frame but ERROR. */
+  private request<T>(type: number, payload: Buffer | undefined, onFrame: (f: Frame, ctl: OpControl<T>) => void): Promise<T> {
+    const sock = this.conn;
+    if (!sock) return Promise.reject(new AgentDisconnectedError());
+    const channel = this.allocChannel();
+    return new Promise<T>((resolve, reject) => {
+      const ctl: OpControl<T> = {
+        resolve: (v) => {
+          this.channels.delete(channel);
+          resolve(v);
+        },
+        reject: (e, cancel = false) => {
+          this.channels.delete(channel);
+          if (cancel && this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
+          reject(e);
+        },
+      };
+      this.channels.set(channel, {
+        onFrame: (f) => {
+          if (f.type === MsgType.ERROR) {
+            const e = decodeError(f.payload);
+            ctl.reject(new AgentError(e.errno, e.message));
+            return;
+          }
+          onFrame(f, ctl);
+        },
+        fail: reject,
+      });
+      this.writeFrame(sock, type, channel, payload);
+    });
+  }
+
+  private static expectEmptyOk(f: Frame, what: string): void {
+    if (f.type !== MsgType.FOK || f.payload.length !== 0) throw new ProtocolError(`${what}: unexpected frame ${f.type}`);
+  }
+
+  // ---- execs ----
+
+  exec(spec: AgentExecSpec, out: AgentExecOutput = {}): AgentExecHandle {
+    const problem = execSpecProblem(spec);
+    if (problem) return rejectedHandle(new AgentError(EINVAL, problem));
+    const sock = this.conn;
+    if (!sock) return rejectedHandle(new AgentDisconnectedError());
+    let payload: Buffer;
+    try {
+      payload = encodeExec(spec);
+    } catch (e) {
+      return rejectedHandle(new AgentError(E2BIG, (e as Error).message));
+    }
+
+    let resolveStarted!: (pid: number) => void;
+    let rejectStarted!: (e: Error) => void;
+    let resolveDone!: (x: AgentExit) => void;
+    let rejectDone!: (e: Error) => void;
+    const started = new Promise<number>((res, rej) => {
+      resolveStarted = res;
+      rejectStarted = rej;
+    });
+    const done = new Promise<AgentExit>((res, rej) => {
+      resolveDone = res;
+      rejectDone = rej;
+    });
+    // Callers often await only one of the two: the other must not become an unhandled rejection.
+    started.catch(noop);
+    done.catch(noop);
+
+    let isStarted = false;
+    let finished = false;
+    let stdinOpen = spec.keepStdinOpen && !spec.background;
+    const channel = this.allocChannel();
+    const fail = (err: Error): void => {
+      finished = true;
+      if (!isStarted) rejectStarted(err);
+      rejectDone(err);
+    };
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        switch (f.type) {
+          case MsgType.STARTED: {
+            const pid = decodeStarted(f.payload);
+            if (isStarted) throw new ProtocolError('duplicate STARTED');
+            isStarted = true;
+            resolveStarted(pid);
+            return;
+          }
+          case MsgType.STDOUT:
+            if (f.payload.length) safeCall(out.onStdout, f.payload);
+            return;
+          case MsgType.STDERR:
+            if (f.payload.length) safeCall(out.onStderr, f.payload);
+            return;
+          case MsgType.EXIT: {
+            const exit = decodeExit(f.payload);
+            if (!isStarted) throw new ProtocolError('EXIT before STARTED');
+            this.channels.delete(channel);
+            finished = true;
+            resolveDone(exit);
+            return;
+          }
+          case MsgType.ERROR: {
+            const e = decodeError(f.payload);
+            if (isStarted) throw new ProtocolError('ERROR after STARTED');
+            this.channels.delete(channel);
+            fail(new AgentError(e.errno, e.message));
+            return;
+          }
+          default:
+            throw new ProtocolError(`unexpected frame ${f.type} on an exec channel`);
+        }
+      },
+      fail,
+    });
+    this.writeFrame(sock, MsgType.EXEC, channel, payload);
+
+    const live = (): boolean => !finished && this.conn === sock;
+    return {
+      channel,
+      started,
+      done,
+      writeStdin: (data: Buffer) => {
+        if (!stdinOpen || !live() || data.length === 0) return;
+        for (let off = 0; off < data.length; off += MAX_PAYLOAD) {
+          this.writeFrame(sock, MsgType.STDIN, channel, data.subarray(off, off + MAX_PAYLOAD));
+        }
+      },
+      closeStdin: () => {
+        if (!stdinOpen) return;
+        stdinOpen = false;
+        if (live()) this.writeFrame(sock, MsgType.STDIN, channel);
+      },
+      signal: (signo: number) => {
+        if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new RangeError(`bad signal ${signo}`);
+        if (live()) this.writeFrame(sock, MsgType.SIGNAL, channel, encodeU32s(signo));
+      },
+    };
+  }
+
+  ps(): Promise<AgentProcess[]> {
+    const parts: Buffer[] = [];
+    let total = 0;
+    return this.request<AgentProcess[]>(MsgType.PS, undefined, (f, ctl) => {
+      if (f.type === MsgType.PS_RESULT) {
+        total += f.payload.length;
+        if (total > MAX_RESULT_BYTES) ctl.reject(new AgentError(E2BIG, 'process list exceeds 16 MiB'), true);
+        else parts.push(f.payload);
+        return;
+      }
+      AgentLink.expectEmptyOk(f, 'PS');
+      ctl.resolve(decodePsLines(Buffer.concat(parts).toString('utf8')));
+    });
+  }
+
+  killPid(pid: number, signo: number): Promise<void> {
+    if (!Number.isInteger(pid) || pid < 1 || pid > 0x7fffffff) return Promise.reject(new AgentError(EINVAL, `bad pid ${pid}`));
+    if (!Number.isInteger(signo) || signo < 0 || signo > 64) return Promise.reject(new AgentError(EINVAL, `bad signal ${signo}`));
+    return this.request<void>(MsgType.KILLPID, encodeU32s(pid, signo), (f, ctl) => {
+      AgentLink.expectEmptyOk(f, 'KILLPID');
+      ctl.resolve();
+    });
+  }
+
+  ping(): Promise<void> {
+    const nonce = randomBytes(8);
+    return this.request<void>(MsgType.PING, nonce, (f, ctl) => {
+      if (f.type !== MsgType.PONG || !f.payload.equals(nonce)) throw new ProtocolError('bad PONG');
+      ctl.resolve();
+    });
+  }
+
+  // ---- files ----
+
+  readFile(path: string, maxBytes: number): Promise<Buffer> {
+    const bad = pathProblem(path);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) return Promise.reject(new AgentError(EINVAL, 'bad maxBytes'));
+    const parts: Buffer[] = [];
+    let total = 0;
+    return this.request<Buffer>(MsgType.FREAD, encodePathRequest(path), (f, ctl) => {
+      if (f.type !== MsgType.FDATA) throw new ProtocolError(`FREAD: unexpected frame ${f.type}`);
+      if (f.payload.length === 0) {
+        ctl.resolve(Buffer.concat(parts, total));
+        return;
+      }
+      total += f.payload.length;
+      if (total > maxBytes) ctl.reject(new AgentError(EFBIG, `${path} is larger than ${maxBytes} bytes`), true);
+      else parts.push(f.payload);
+    });
+  }
+
+  /**
+   * Streams a file. A consumer that falls more than 8 MiB behind pauses the whole link (all
+   * channels) until it catches up: memory stays bounded, at the cost of head-of-line blocking.
+   * Breaking out of the loop cancels the read in the agent.
+   */
+  async *readFileStream(path: string): AsyncIterable<Buffer> {
+    const bad = pathProblem(path);
+    if (bad) throw new AgentError(EINVAL, bad);
+    const sock = this.conn;
+    if (!sock) throw new AgentDisconnectedError();
+    const channel = this.allocChannel();
+    const pauseToken = Symbol('readFileStream');
+    const queue: Buffer[] = [];
+    let queued = 0;
+    let ended = false;
+    let error: Error | null = null;
+    let wake: (() => void) | null = null;
+    const notify = (): void => {
+      const w = wake;
+      wake = null;
+      w?.();
+    };
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        if (f.type === MsgType.ERROR) {
+          const e = decodeError(f.payload);
+          this.channels.delete(channel);
+          error = new AgentError(e.errno, e.message);
+        } else if (f.type !== MsgType.FDATA) {
+          throw new ProtocolError(`FREAD: unexpected frame ${f.type}`);
+        } else if (f.payload.length === 0) {
+          this.channels.delete(channel);
+          ended = true;
+        } else {
+          queue.push(f.payload);
+          queued += f.payload.length;
+          if (queued > STREAM_HIGH_WATER) this.holdPause(pauseToken);
+        }
+        notify();
+      },
+      fail: (e) => {
+        error = e;
+        notify();
+      },
+    });
+    this.writeFrame(sock, MsgType.FREAD, channel, encodePathRequest(path));
+    try {
+      for (;;) {
+        const b = queue.shift();
+        if (b) {
+          queued -= b.length;
+          if (queued < STREAM_LOW_WATER) this.releasePause(pauseToken);
+          yield b;
+          continue;
+        }
+        if (error) throw error;
+        if (ended) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    } finally {
+      this.releasePause(pauseToken);
+      if (this.channels.has(channel)) {
+        this.channels.delete(channel);
+        if (this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
+      }
+    }
+  }
+
+  /** Writes via a temp file renamed into place; resolves with the new file's stat. */
+  async writeFile(path: string, data: Buffer | AsyncIterable<Buffer>, opts: { mode?: number; mkdirs?: boolean } = {}): Promise<AgentFileStat> {
+    const bad = pathProblem(path);
+    if (bad) throw new AgentError(EINVAL, bad);
+    const mode = opts.mode ?? 0o644;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) throw new AgentError(EINVAL, 'mode must be within 0o777');
+    const sock = this.conn;
+    if (!sock) throw new AgentDisconnectedError();
+    const channel = this.allocChannel();
+    let settled = false;
+    const result = new Promise<AgentFileStat>((resolve, reject) => {
+      this.channels.set(channel, {
+        onFrame: (f) => {
+          if (f.type === MsgType.ERROR) {
+            const e = decodeError(f.payload);
+            this.channels.delete(channel);
+            settled = true;
+            reject(new AgentError(e.errno, e.message));
+            return;
+          }
+          if (f.type !== MsgType.FOK) throw new ProtocolError(`FWRITE: unexpected frame ${f.type}`);
+          const st = decodeStat(f.payload);
+          this.channels.delete(channel);
+          settled = true;
+          resolve(st);
+        },
+        fail: (e) => {
+          settled = true;
+          reject(e);
+        },
+      });
+    });
+    result.catch(noop); // observed below; the agent may fail it while we are still sending
+    const live = (): boolean => !settled && this.conn === sock;
+    this.writeFrame(sock, MsgType.FWRITE_BEGIN, channel, encodePathRequest(path, mode, opts.mkdirs ? 1 : 0));
+    const sendChunk = async (b: Buffer): Promise<void> => {
+      for (let off = 0; off < b.length && live(); off += WRITE_CHUNK) {
+        if (!this.writeFrame(sock, MsgType.FWRITE_DATA, channel, b.subarray(off, off + WRITE_CHUNK)) && !Buffer.isBuffer(data)) {
+          await waitDrain(sock);
+        }
+      }
+    };
+    if (Buffer.isBuffer(data)) {
+      await sendChunk(data);
+    } else {
+      try {
+        for await (const chunk of data) {
+          if (!live()) break;
+          const u: unknown = chunk;
+          if (!(u instanceof Uint8Array)) throw new TypeError('writeFile data must yield Buffers');
+          await sendChunk(Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength));
+        }
+      } catch (e) {
+        if (this.channels.delete(channel) && this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
+        throw e;
+      }
+    }
+    if (live()) this.writeFrame(sock, MsgType.FWRITE_DATA, channel);
+    return result;
+  }
+
+  list(path: string): Promise<AgentDirEntry[]> {
+    const bad = pathProblem(path);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    const entries: AgentDirEntry[] = [];
+    let total = 0;
+    return this.request<AgentDirEntry[]>(MsgType.FLIST, encodePathRequest(path), (f, ctl) => {
+      if (f.type === MsgType.FLIST_RESULT) {
+        total += f.payload.length;
+        if (total > MAX_RESULT_BYTES) ctl.reject(new AgentError(E2BIG, `listing of ${path} exceeds 16 MiB`), true);
+        else entries.push(...decodeListEntries(f.payload));
+        return;
+      }
+      AgentLink.expectEmptyOk(f, 'FLIST');
+      ctl.resolve(entries);
+    });
+  }
+
+  stat(path: string): Promise<AgentFileStat> {
+    const bad = pathProblem(path);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    return this.request<AgentFileStat>(MsgType.FSTAT, encodePathRequest(path), (f, ctl) => {
+      if (f.type !== MsgType.FOK) throw new ProtocolError(`FSTAT: unexpected frame ${f.type}`);
+      ctl.resolve(decodeStat(f.payload));
+    });
+  }
+
+  remove(path: string, recursive: boolean): Promise<void> {
+    const bad = pathProblem(path);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    return this.request<void>(MsgType.FDELETE, encodePathRequest(path, recursive ? 1 : 0), (f, ctl) => {
+      AgentLink.expectEmptyOk(f, 'FDELETE');
+      ctl.resolve();
+    });
+  }
+
+  mkdir(path: string, opts: { mode?: number; parents?: boolean } = {}): Promise<void> {
+    const bad = pathProblem(path);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    const mode = opts.mode ?? 0o755;
+    if (!Number.isInteger(mode) || mode < 0 || mode > 0o777) return Promise.reject(new AgentError(EINVAL, 'mode must be within 0o777'));
+    return this.request<void>(MsgType.FMKDIR, encodePathRequest(path, mode, opts.parents ? 1 : 0), (f, ctl) => {
+      AgentLink.expectEmptyOk(f, 'FMKDIR');
+      ctl.resolve();
+    });
+  }
+
+  /** Closes the server and any connection, fails pending ops, removes the socket file. */
+  close(): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closed = true;
+    this.closing = (async () => {
+      for (const s of this.pending) s.destroy();
+      this.pending.clear();
+      const conn = this.conn;
+      if (conn) {
+        conn.destroy();
+        this.onAgentClose(conn, new Error('link closed'));
+      }
+      for (const w of [...this.waiters]) w.reject(new AgentDisconnectedError('agent link is closed'));
+      await new Promise<void>((resolve) => this.server.close(() => resolve()));
+      await fsp.unlink(this.socketPath).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e;
+      });
+    })();
+    return this.closing;
+  }
+}
+
+function waitDrain(sock: net.Socket): Promise<void> {
+  if (sock.destroyed || !sock.writableNeedDrain) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      sock.off('drain', done);
+      sock.off('close', done);
+      resolve();
+    };
+    sock.on('drain', done);
+    sock.on('close', done);
+  });
+}

@@ -1,0 +1,311 @@
+import { ApiError, errorFromResponse } from './errors.js';
+import { NdjsonParser } from './ndjson.js';
+import { SseParser } from './sse.js';
+import type {
+  AuditEvent, CreateSandboxBody, ExecBody, ExecExit, ExecResult, ExecStreamLine, FileEntry, FileStatInfo,
+  ProcessInfo, SandboxInfo, TemplateInfo,
+} from './types.js';
+
+export interface ClientOptions {
+  /** Default: $AIRLOCK_URL, else http://127.0.0.1:7070. */
+  url?: string;
+  /** Default: $AIRLOCK_API_KEY. */
+  apiKey?: string;
+  /**
+   * Bound on each call except commands (their own timeout bounds them) and followed event
+   * streams. Default 60 000 ms.
+   */
+  requestTimeoutMs?: number;
+}
+
+export interface ExecStreamHandlers {
+  onStdout?(data: string): void;
+  onStderr?(data: string): void;
+  /** Aborting closes the connection, which kills the command. */
+  signal?: AbortSignal;
+}
+
+const DEFAULT_URL = 'http://127.0.0.1:7070';
+const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+
+interface RequestOptions {
+  query?: Record<string, string | number | boolean | undefined>;
+  json?: unknown;
+  bytes?: Uint8Array;
+  accept?: string;
+  /** null: no timeout. */
+  timeoutMs?: number | null;
+  signal?: AbortSignal;
+}
+
+function env(name: string): string | undefined {
+  // `process` is absent in browsers and some edge runtimes; the SDK must still load there.
+  const p = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process;
+  return p?.env?.[name];
+}
+
+const enc = (s: string) => encodeURIComponent(s);
+
+/** Low level: one method per REST call (docs/rest-api.md). Throws ApiError on any failure. */
+export class ApiClient {
+  readonly url: string;
+  private readonly apiKey: string | undefined;
+  private readonly requestTimeoutMs: number;
+
+  constructor(opts: ClientOptions = {}) {
+    this.url = (opts.url ?? env('AIRLOCK_URL') ?? DEFAULT_URL).replace(/\/+$/, '');
+    this.apiKey = opts.apiKey ?? env('AIRLOCK_API_KEY');
+    this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+  }
+
+  // ---- sandboxes ----
+
+  createSandbox(body: CreateSandboxBody): Promise<SandboxInfo> {
+    return this.json('POST', '/v1/sandboxes', { json: body });
+  }
+
+  getSandbox(id: string): Promise<SandboxInfo> {
+    return this.json('GET', `/v1/sandboxes/${enc(id)}`);
+  }
+
+  async listSandboxes(q: { state?: string; metadata?: Record<string, string> } = {}): Promise<SandboxInfo[]> {
+    const query: Record<string, string> = {};
+    if (q.state) query.state = q.state;
+    for (const [k, v] of Object.entries(q.metadata ?? {})) query[`metadata.${k}`] = v;
+    const r = await this.json<{ sandboxes: SandboxInfo[] }>('GET', '/v1/sandboxes', { query });
+    return r.sandboxes;
+  }
+
+  killSandbox(id: string): Promise<SandboxInfo> {
+    return this.json('DELETE', `/v1/sandboxes/${enc(id)}`);
+  }
+
+  setTimeout(id: string, timeoutSeconds: number): Promise<SandboxInfo> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeoutSeconds } });
+  }
+
+  // ---- commands ----
+
+  /**
+   * Runs to completion and returns the captured output. Long silent commands are better run
+   * with execStream: fetch gives up on a response whose headers take over 300 s.
+   */
+  exec(id: string, body: ExecBody): Promise<ExecResult> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/exec`, { json: { ...body, background: false }, timeoutMs: null });
+  }
+
+  /** Streams output to the handlers as it is produced; resolves with how the command ended. */
+  async execStream(id: string, body: ExecBody, h: ExecStreamHandlers = {}): Promise<ExecExit> {
+    const res = await this.send('POST', `/v1/sandboxes/${enc(id)}/exec`, {
+      json: { ...body, background: false }, accept: 'application/x-ndjson', timeoutMs: null, signal: h.signal,
+    });
+    const parser = new NdjsonParser();
+    let exit: ExecExit | null = null;
+    const handle = (values: unknown[]) => {
+      for (const v of values) {
+        const line = v as ExecStreamLine;
+        if (line.type === 'stdout') h.onStdout?.(line.data);
+        else if (line.type === 'stderr') h.onStderr?.(line.data);
+        else if (line.type === 'exit') {
+          exit = { exitCode: line.exitCode, reason: line.reason, durationMs: line.durationMs };
+          if (line.truncated) exit.truncated = true;
+        } else if (line.type === 'error') {
+          throw new ApiError(res.status, line.error.code, line.error.message);
+        }
+        // Unknown line types are from a newer server: skip them.
+      }
+    };
+    await this.eachChunk(res, (chunk) => handle(parser.push(chunk)));
+    handle(parser.end());
+    if (!exit) throw new ApiError(0, 'bad_response', 'the exec stream ended without an exit line');
+    return exit;
+  }
+
+  execBackground(id: string, body: ExecBody): Promise<{ pid: number; execId: string }> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/exec`, { json: { ...body, background: true } });
+  }
+
+  async listProcesses(id: string): Promise<ProcessInfo[]> {
+    const r = await this.json<{ processes: ProcessInfo[] }>('GET', `/v1/sandboxes/${enc(id)}/processes`);
+    return r.processes;
+  }
+
+  async killProcess(id: string, pid: number, signal?: string | number): Promise<void> {
+    const query = signal === undefined ? {} : { signal: String(signal) };
+    await this.send('DELETE', `/v1/sandboxes/${enc(id)}/processes/${enc(String(pid))}`, { query });
+  }
+
+  // ---- files ----
+
+  async readFile(id: string, path: string): Promise<Uint8Array> {
+    const res = await this.send('GET', `/v1/sandboxes/${enc(id)}/files`, { query: { path }, accept: 'application/octet-stream' });
+    if (isJson(res)) {
+      await res.body?.cancel();
+      throw new ApiError(400, 'bad_request', `${path} is a directory`, 'path');
+    }
+    return new Uint8Array(await this.readBody(res));
+  }
+
+  writeFile(id: string, path: string, data: Uint8Array | string, opts: { mode?: number } = {}): Promise<FileStatInfo> {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    const query: Record<string, string> = { path };
+    if (opts.mode !== undefined) query.mode = opts.mode.toString(8).padStart(4, '0');
+    return this.json('PUT', `/v1/sandboxes/${enc(id)}/files`, { query, bytes });
+  }
+
+  async listDir(id: string, path: string): Promise<FileEntry[]> {
+    const res = await this.send('GET', `/v1/sandboxes/${enc(id)}/files`, { query: { path }, accept: 'application/json' });
+    if (!isJson(res)) {
+      await res.body?.cancel();
+      throw new ApiError(400, 'bad_request', `${path} is not a directory`, 'path');
+    }
+    const r = JSON.parse(new TextDecoder().decode(await this.readBody(res))) as { entries: FileEntry[] };
+    return r.entries;
+  }
+
+  async deletePath(id: string, path: string, opts: { recursive?: boolean } = {}): Promise<void> {
+    await this.send('DELETE', `/v1/sandboxes/${enc(id)}/files`, { query: { path, recursive: opts.recursive ? '1' : undefined } });
+  }
+
+  // ---- the rest ----
+
+  async listTemplates(): Promise<TemplateInfo[]> {
+    const r = await this.json<{ templates: TemplateInfo[] }>('GET', '/v1/templates');
+    return r.templates;
+  }
+
+  async listEvents(q: { sandbox?: string; type?: string; after?: number; limit?: number } = {}): Promise<AuditEvent[]> {
+    const r = await this.json<{ events: AuditEvent[] }>('GET', '/v1/events', { query: { ...q } });
+    return r.events;
+  }
+
+  /**
+   * Follows events live (SSE): those after `after` first when given, then new ones, until
+   * `signal` aborts (resolves) or the server ends the stream (resolves with the last seq seen,
+   * which a caller passes back as `after` to resume).
+   */
+  async followEvents(
+    q: { sandbox?: string; type?: string; after?: number },
+    h: { onEvent(e: AuditEvent): void; signal?: AbortSignal },
+  ): Promise<number | undefined> {
+    let last = q.after;
+    let res: Response;
+    try {
+      res = await this.send('GET', '/v1/events', { query: { ...q, follow: '1' }, accept: 'text/event-stream', timeoutMs: null, signal: h.signal });
+    } catch (e) {
+      if (h.signal?.aborted) return last;
+      throw e;
+    }
+    const parser = new SseParser();
+    try {
+      await this.eachChunk(res, (chunk) => {
+        for (const m of parser.push(chunk)) {
+          const e = JSON.parse(m.data) as AuditEvent;
+          last = e.seq;
+          h.onEvent(e);
+        }
+      });
+    } catch (e) {
+      if (h.signal?.aborted) return last;
+      throw e;
+    }
+    return last;
+  }
+
+  health(): Promise<{ ok: boolean; version: string }> {
+    return this.json('GET', '/healthz');
+  }
+
+  // ---- plumbing ----
+
+  /**
+   * Feeds each body chunk to `fn`. Transport failures become ApiErrors; whatever `fn` throws
+   * (a handler's own error, an error line) propagates as is, and the connection is closed.
+   */
+  private async eachChunk(res: Response, fn: (chunk: Uint8Array) => void): Promise<void> {
+    if (!res.body) throw new ApiError(0, 'bad_response', 'the answer has no body');
+    const reader = res.body.getReader();
+    let done = false;
+    try {
+      for (;;) {
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await reader.read();
+        } catch (e) {
+          throw wrapTransportError(e, this.url);
+        }
+        if (r.done) { done = true; return; }
+        fn(r.value);
+      }
+    } finally {
+      if (!done) await reader.cancel().catch(() => {});
+    }
+  }
+
+  private async json<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const res = await this.send(method, path, { accept: 'application/json', ...opts });
+    const text = new TextDecoder().decode(await this.readBody(res));
+    try {
+      return JSON.parse(text) as T;
+    } catch (cause) {
+      throw new ApiError(0, 'bad_response', `${method} ${path}: the answer is not JSON`, undefined, { cause });
+    }
+  }
+
+  private async readBody(res: Response): Promise<ArrayBuffer> {
+    try {
+      return await res.arrayBuffer();
+    } catch (e) {
+      throw wrapTransportError(e, this.url);
+    }
+  }
+
+  /** Sends one request; returns the response when 2xx, throws ApiError otherwise. */
+  private async send(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
+    const url = new URL(this.url + path);
+    for (const [k, v] of Object.entries(opts.query ?? {})) {
+      if (v !== undefined) url.searchParams.set(k, String(v));
+    }
+    const headers: Record<string, string> = {};
+    if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
+    if (opts.accept) headers.accept = opts.accept;
+    let body: string | Uint8Array | undefined;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    } else if (opts.bytes !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
+      body = opts.bytes;
+    }
+    const timeoutMs = opts.timeoutMs === undefined ? this.requestTimeoutMs : opts.timeoutMs;
+    const signals = [opts.signal, timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs)].filter(
+      (s): s is AbortSignal => s !== undefined,
+    );
+    const signal = signals.length === 0 ? undefined : signals.length === 1 ? signals[0] : AbortSignal.any(signals);
+
+    let res: Response;
+    try {
+      res = await fetch(url, { method, headers, body: body as BodyInit | undefined, signal });
+    } catch (e) {
+      throw wrapTransportError(e, this.url);
+    }
+    if (res.ok) return res;
+    const text = await res.text().catch(() => '');
+    throw errorFromResponse(res.status, text);
+  }
+}
+
+function isJson(res: Response): boolean {
+  return (res.headers.get('content-type') ?? '').toLowerCase().startsWith('application/json');
+}
+
+/** fetch's own failures (refused, reset, timed out) as ApiErrors; a caller's abort stays an abort. */
+function wrapTransportError(e: unknown, url: string): unknown {
+  if (e instanceof ApiError) return e;
+  const name = (e as { name?: string } | null)?.name;
+  if (name === 'TimeoutError') return new ApiError(0, 'timeout', `no answer from ${url} in time`, undefined, { cause: e });
+  if (name === 'AbortError') return e;
+  const detail = (e as { cause?: { code?: string; message?: string } } | null)?.cause;
+  const why = detail?.code ?? detail?.message ?? (e instanceof Error ? e.message : String(e));
+  return new ApiError(0, 'unreachable', `cannot reach Airlock at ${url}: ${why}`, undefined, { cause: e });
+}

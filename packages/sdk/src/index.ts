@@ -1,0 +1,9 @@
+export { ApiClient, type ClientOptions, type ExecStreamHandlers } from './client.js';
+export { ApiError } from './errors.js';
+export { NdjsonParser } from './ndjson.js';
+export { SseParser, type SseMessage } from './sse.js';
+export {
+  Sandbox, Commands, Files,
+  type SandboxCreateOptions, type CommandOptions, type CommandResult, type BackgroundCommand,
+} from './sandbox.js';
+export type * from './types.js';
