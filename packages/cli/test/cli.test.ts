@@ -3,7 +3,8 @@
  * Runs anywhere; the end-to-end runs are in e2e.test.ts.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { lstatSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +18,8 @@ import {
 import { outcomeOf } from '../src/outcome.js';
 import { explainError, formatTable } from '../src/output.js';
 import { specFromFlags } from '../src/spec.js';
+import { healthy, readAdminKey } from '../src/select-backend.js';
+import { saveAdminKey } from '../src/commands/serve.js';
 import type { SandboxInfo } from '../src/backend.js';
 
 const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
@@ -331,6 +334,72 @@ describe('the airlock command', () => {
       const parsed = JSON.parse(j.stdout) as { ok: boolean; checks: Array<{ name: string; ok: boolean; detail: string }> };
       assert.equal(parsed.checks.length, lines.length - 1);
       assert.equal(j.code, parsed.ok ? 0 : 1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('finding the local daemon', () => {
+  it('healthy() is true for a 200 /healthz and false, within its deadline, for silence or refusal', async (t) => {
+    const sockets = new Set<import('node:net').Socket>();
+    const server = createServer((req, res) => {
+      if (req.url === '/healthz') res.end('{"ok":true}');
+      // anything else: never answer
+    });
+    server.on('connection', (s) => sockets.add(s));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    });
+    const port = (server.address() as { port: number }).port;
+    assert.equal(await healthy(`http://127.0.0.1:${port}`, 300), true);
+
+    const silent = createServer(() => undefined);
+    const silentSockets = new Set<import('node:net').Socket>();
+    silent.on('connection', (s) => silentSockets.add(s));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const s of silentSockets) s.destroy();
+      silent.close();
+    });
+    const started = Date.now();
+    assert.equal(await healthy(`http://127.0.0.1:${(silent.address() as { port: number }).port}`, 300), false);
+    const waited = Date.now() - started;
+    assert.ok(waited >= 250 && waited < 1500, `gave up after ${waited} ms`);
+
+    // A port nobody listens on: the one the silent server had, once closed, would race; port 9 (discard) is never served here.
+    assert.equal(await healthy('http://127.0.0.1:9', 300), false);
+  });
+
+  it('reads the admin key only when present and readable', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-test-cli-key-'));
+    try {
+      assert.equal(readAdminKey(dir), null);
+      writeFileSync(join(dir, 'admin.key'), 'ak_123\n');
+      assert.equal(readAdminKey(dir), 'ak_123');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('serve saves the admin key 0600, replacing a stale file and never writing through a link', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'airlock-test-cli-key-'));
+    try {
+      const path = saveAdminKey(dir, 'first');
+      assert.equal(readFileSync(path, 'utf8'), 'first\n');
+      assert.equal(statSync(path).mode & 0o777, 0o600);
+      saveAdminKey(dir, 'second');
+      assert.equal(readFileSync(path, 'utf8'), 'second\n');
+      const victim = join(dir, 'victim');
+      writeFileSync(victim, 'untouched');
+      rmSync(path);
+      symlinkSync(victim, path);
+      saveAdminKey(dir, 'third');
+      assert.equal(readFileSync(victim, 'utf8'), 'untouched');
+      assert.equal(lstatSync(path).isSymbolicLink(), false);
+      assert.equal(readFileSync(path, 'utf8'), 'third\n');
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -4,7 +4,7 @@
  * in $AIRLOCK_TEMPLATES_DIR (default /var/lib/airlock/templates).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -121,7 +121,9 @@ describe('airlock run (embedded)', () => {
   });
 
   it('binds --mount read-only unless :rw', () => {
-    writeFileSync(join(scratch, 'in.txt'), 'from the host\n');
+    // Root in the sandbox is an unprivileged id on the host: it reads what "others" may read.
+    chmodSync(scratch, 0o755);
+    writeFileSync(join(scratch, 'in.txt'), 'from the host\n', { mode: 0o644 });
     const ro = run(['--mount', `${scratch}:/in`, '--', 'sh', '-c', 'cat /in/in.txt; echo x > /in/new.txt']);
     assert.equal(ro.stdout, 'from the host\n');
     assert.notEqual(ro.code, 0, 'writing into a read-only mount fails');
@@ -259,7 +261,7 @@ describe('airlock sandbox and files (embedded, one process per command)', () => 
       assert.equal(ran.stdout, 'script ran\n', ran.stderr);
       const ls = airlock(['files', 'ls', id, '/work/bin', ...dd]);
       assert.equal(ls.code, 0, ls.stderr);
-      assert.match(ls.stdout, /\n-rwxr-xr-x +27 +\S+ \S+ +script\.sh\n/);
+      assert.match(ls.stdout, /\n-rwxr-xr-x +26 +\S+ \S+ +script\.sh\n/);
       const back = join(scratch, 'back.sh');
       assert.equal(airlock(['files', 'get', id, '/work/bin/script.sh', back, ...dd]).code, 0);
       assert.equal(readFileSync(back, 'utf8'), '#!/bin/sh\necho script ran\n');

@@ -103,7 +103,7 @@ export class Engine implements AirlockEngine {
     this.agentBinary = opts.agentBinary ?? process.env.AIRLOCK_AGENT_BINARY ?? defaultAgentBinary();
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
     this.log = opts.log ?? (() => {});
-    this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir)]]);
+    this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir, this.agentBinary)]]);
   }
 
   static async open(opts: EngineOptions = {}): Promise<Engine> {
@@ -159,8 +159,10 @@ export class Engine implements AirlockEngine {
       mkdirSync(controlDir, { recursive: true, mode: 0o755 });
       link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken);
       this.attach(rec.id, link, template.env);
-      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken });
-      await link.waitConnected(this.startTimeoutMs);
+      const ready = link.waitConnected(this.startTimeoutMs);
+      ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
+      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready });
+      await ready;
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       this.log('error', 'sandbox failed to start', { sandbox: rec.id, error: message });

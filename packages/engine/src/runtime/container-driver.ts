@@ -5,7 +5,7 @@ import { run } from '../util/run.js';
 import { oomKills, pidsMaxHits, removeCgroup } from './cgroups.js';
 import type { DriverStatus, LimitCounters, RuntimeDriver, SandboxLaunch } from './driver.js';
 import { buildOciSpec } from './oci-spec.js';
-import { mountRootfs, unmountRootfs } from './rootfs.js';
+import { mountRootfs, rootfsHelper, unmountRootfs } from './rootfs.js';
 
 export const cgroupsPathFor = (id: string) => `/airlock/${id}`;
 
@@ -18,8 +18,13 @@ export class ContainerDriver implements RuntimeDriver {
   readonly name = 'container' as const;
   private readonly stateRoot: string;
 
-  constructor(private readonly dataDir: string, private readonly runtimeBinary = 'runc') {
+  private readonly rootfsHelper: string;
+  /** runc processes still finishing a start, by sandbox id. */
+  private readonly starting = new Map<string, Promise<void>>();
+
+  constructor(private readonly dataDir: string, agentBinary: string, private readonly runtimeBinary = 'runc') {
     this.stateRoot = join(dataDir, 'runc');
+    this.rootfsHelper = rootfsHelper(agentBinary);
     mkdirSync(this.stateRoot, { recursive: true, mode: 0o700 });
   }
 
@@ -34,7 +39,7 @@ export class ContainerDriver implements RuntimeDriver {
     // The agent binary is bound onto this placeholder; it must exist because /run/airlock is read-only inside.
     closeSync(openSync(join(l.controlDir, 'bin', 'airlock-agent'), 'a', 0o755));
     try {
-      const { rootfs } = await mountRootfs(l.dir, l.template.rootfs, l.spec.resources.diskMiB);
+      const { rootfs } = await mountRootfs(this.rootfsHelper, l.dir, l.template.rootfs, l.spec.resources.diskMiB);
       const spec = buildOciSpec({
         rootfsPath: rootfs,
         hostname: `airlock-${l.id.slice(0, 8)}`,
@@ -55,18 +60,19 @@ export class ContainerDriver implements RuntimeDriver {
       // runc's own errors and the agent's fatal messages land here; read back on failure.
       const logPath = join(l.dir, 'runtime.log');
       const logFd = openSync(logPath, 'w', 0o600);
-      try {
-        const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'run', '--detach', '--bundle', bundle, l.id], {
-          stdio: ['ignore', 'ignore', logFd],
-          allowFailure: true,
-          timeoutMs: 30_000,
-        });
-        if (r.code !== 0) {
-          throw new Error(`${this.runtimeBinary} could not start the sandbox: ${readTail(logPath)}`);
-        }
-      } finally {
-        closeSync(logFd);
-      }
+      const runtime = run(this.runtimeBinary, ['--root', this.stateRoot, 'run', '--detach', '--pid-file', join(l.dir, 'init.pid'), '--bundle', bundle, l.id], {
+        stdio: ['ignore', 'ignore', logFd],
+        allowFailure: true,
+        timeoutMs: 30_000,
+      }).then((r) => {
+        if (r.code !== 0) throw new Error(`${this.runtimeBinary} could not start the sandbox: ${readTail(logPath)}`);
+      }).finally(() => closeSync(logFd));
+      const settled = runtime.then(() => {}, () => {});
+      this.starting.set(l.id, settled);
+      void settled.then(() => { if (this.starting.get(l.id) === settled) this.starting.delete(l.id); });
+      // The agent dialling in proves the container runs; runc's remaining bookkeeping (state
+      // file, exit) finishes in the background, and destroy() waits for it.
+      await (l.ready ? Promise.race([runtime, l.ready]) : runtime);
     } catch (e) {
       await this.destroy(l.id);
       throw e;
@@ -74,10 +80,19 @@ export class ContainerDriver implements RuntimeDriver {
   }
 
   async destroy(id: string): Promise<void> {
-    await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
-    removeCgroup(cgroupsPathFor(id));
+    await this.starting.get(id);
     const dir = this.sandboxDir(id);
-    await unmountRootfs(dir);
+    // Fast path: SIGKILL the sandbox's PID 1 (the kernel then kills everything else in its pid
+    // namespace) and remove the runtime's state ourselves. `runc delete --force` does the same
+    // but sleeps 100 ms before its first check, and `runc delete` costs a process start.
+    const killed = await killInitProcess(join(dir, 'init.pid'), cgroupsPathFor(id));
+    if (killed) {
+      rmSync(join(this.stateRoot, id), { recursive: true, force: true });
+    } else {
+      await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+    }
+    removeCgroup(cgroupsPathFor(id));
+    await unmountRootfs(this.rootfsHelper, dir);
     rmSync(dir, { recursive: true, force: true });
   }
 
@@ -109,6 +124,38 @@ export class ContainerDriver implements RuntimeDriver {
     const path = cgroupsPathFor(id);
     return { oomKills: oomKills(path), pidsMaxHits: pidsMaxHits(path) };
   }
+}
+
+/**
+ * Kills the container's init by the pid runc recorded, after checking that the pid still names a
+ * process in this sandbox's cgroup (pids are reused). Resolves true once it is dead (a zombie or
+ * gone: by then every other process of its pid namespace is gone too).
+ */
+async function killInitProcess(pidFile: string, cgroupsPath: string): Promise<boolean> {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(pidFile, 'utf8').trim());
+  } catch {
+    return false;
+  }
+  if (!Number.isInteger(pid) || pid < 2) return false;
+  try {
+    if (!readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes(cgroupsPath)) return false;
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return true; // already gone
+  }
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return true;
+    } catch {
+      return true;
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  return false;
 }
 
 function readTail(path: string): string {

@@ -18,6 +18,12 @@ export interface SandboxLaunch {
   controlDir: string;
   agentBinary: string;
   agentToken: string;
+  /**
+   * Resolves when the agent has dialled in. A driver may treat it as proof of a successful
+   * start and return before its runtime's own bookkeeping finishes (it must then let that
+   * finish before destroy()).
+   */
+  ready?: Promise<void>;
 }
 
 export type DriverStatus = 'running' | 'paused' | 'stopped' | 'absent';

@@ -1,5 +1,5 @@
-import { chownSync, mkdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { SANDBOX_ID_BASE } from '../constants.js';
 import { run } from '../util/run.js';
 
@@ -18,43 +18,29 @@ export function rootfsPaths(sandboxDir: string): RootfsPaths {
   return { layer: join(sandboxDir, 'layer'), rootfs: join(sandboxDir, 'rootfs') };
 }
 
-export async function mountRootfs(sandboxDir: string, templateRootfs: string, diskMiB: number): Promise<RootfsPaths> {
+/** The static mount helper built next to the agent (agent/airlock-rootfs.c). */
+export function rootfsHelper(agentBinary: string): string {
+  return join(dirname(agentBinary), 'airlock-rootfs');
+}
+
+export async function mountRootfs(helper: string, sandboxDir: string, templateRootfs: string, diskMiB: number): Promise<RootfsPaths> {
   const p = rootfsPaths(sandboxDir);
-  if (/[,:\\]/.test(templateRootfs) || /[,:\\]/.test(sandboxDir)) {
-    throw new Error('template and data-dir paths must not contain , : or \\ (overlayfs option syntax)');
-  }
   mkdirSync(p.layer, { recursive: true, mode: 0o700 });
   mkdirSync(p.rootfs, { recursive: true, mode: 0o755 });
   // Inodes bounded too: one per 16 KiB of quota, at least 4096.
   const inodes = Math.max(4096, diskMiB * 64);
-  await run('mount', ['-t', 'tmpfs', '-o', `size=${diskMiB}m,nr_inodes=${inodes},mode=0700,nosuid,nodev`, 'airlock-layer', p.layer]);
-  try {
-    const upper = join(p.layer, 'upper');
-    const work = join(p.layer, 'work');
-    mkdirSync(upper, { mode: 0o755 });
-    mkdirSync(work, { mode: 0o700 });
-    // The merged root takes the upper dir's owner: sandbox root must own "/".
-    chownSync(upper, SANDBOX_ID_BASE, SANDBOX_ID_BASE);
-    await run('mount', ['-t', 'overlay', '-o', `lowerdir=${templateRootfs},upperdir=${upper},workdir=${work},volatile`, 'airlock-rootfs', p.rootfs]);
-  } catch (e) {
-    await unmountQuiet(p.layer);
-    throw e;
-  }
+  await run(helper, ['mount', p.layer, p.rootfs, templateRootfs, String(diskMiB), String(inodes), String(SANDBOX_ID_BASE)]);
   return p;
 }
 
-/** Unmounts whatever of the sandbox's mounts is still there (overlay first, then the layer). */
-export async function unmountRootfs(sandboxDir: string): Promise<void> {
+/** Unmounts whatever of the sandbox's mounts is still there (deepest first), in one helper run. */
+export async function unmountRootfs(helper: string, sandboxDir: string): Promise<void> {
   const p = rootfsPaths(sandboxDir);
-  for (const m of mountsUnder(sandboxDir).sort((a, b) => b.length - a.length)) await unmountQuiet(m);
-  await unmountQuiet(p.rootfs);
-  await unmountQuiet(p.layer);
-}
-
-async function unmountQuiet(path: string): Promise<void> {
-  if (!isMountPoint(path)) return;
-  const r = await run('umount', [path], { allowFailure: true });
-  if (r.code !== 0) await run('umount', ['-l', path], { allowFailure: true });
+  const mounted = new Set(mountsUnder(sandboxDir));
+  const order = [...mounted].filter((m) => m !== p.rootfs && m !== p.layer).sort((a, b) => b.length - a.length);
+  if (mounted.has(p.rootfs)) order.push(p.rootfs);
+  if (mounted.has(p.layer)) order.push(p.layer);
+  if (order.length) await run(helper, ['umount', ...order]);
 }
 
 /** Mount points at or below a directory, from the kernel's own table. */
