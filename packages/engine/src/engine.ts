@@ -59,8 +59,9 @@ const END_EVENT: Partial<Record<SandboxState, string>> = {
 };
 
 function defaultAgentBinary(): string {
-  // packages/engine/dist/src/engine.js → <repo>/agent/build/airlock-agent
-  const here = dirname(fileURLToPath(import.meta.url));
+  // packages/engine/dist/src/engine.js → <repo>/agent/build/airlock-agent. realpath: Node may
+  // load this module through the node_modules/@airlock/engine workspace link.
+  const here = dirname(realpathSync(fileURLToPath(import.meta.url)));
   return resolve(here, '../../../../agent/build/airlock-agent');
 }
 

@@ -1,6 +1,7 @@
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { SANDBOX_ID_BASE } from '../constants.js';
+import { mountsUnder } from '../util/mounts.js';
 import { run } from '../util/run.js';
 
 /**
@@ -37,31 +38,8 @@ export async function mountRootfs(helper: string, sandboxDir: string, templateRo
 export async function unmountRootfs(helper: string, sandboxDir: string): Promise<void> {
   const p = rootfsPaths(sandboxDir);
   const mounted = new Set(mountsUnder(sandboxDir));
-  const order = [...mounted].filter((m) => m !== p.rootfs && m !== p.layer).sort((a, b) => b.length - a.length);
+  const order = [...mounted].filter((m) => m !== p.rootfs && m !== p.layer);
   if (mounted.has(p.rootfs)) order.push(p.rootfs);
   if (mounted.has(p.layer)) order.push(p.layer);
   if (order.length) await run(helper, ['umount', ...order]);
-}
-
-/** Mount points at or below a directory, from the kernel's own table. */
-export function mountsUnder(dir: string): string[] {
-  const prefix = dir.endsWith('/') ? dir : dir + '/';
-  return readMountPoints().filter((m) => m === dir || m.startsWith(prefix));
-}
-
-export function isMountPoint(path: string): boolean {
-  return readMountPoints().includes(path);
-}
-
-function readMountPoints(): string[] {
-  const out: string[] = [];
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    if (f.length > 4) out.push(unescapeMount(f[4]!));
-  }
-  return out;
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
