@@ -1173,6 +1173,11 @@ static void handle_flist(uint32_t ch, struct rd r)
 	char path[PATH_MAXLEN];
 	if (read_path(ch, &r, path, "list"))
 		return;
+	struct stat st;
+	if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+		send_error(ch, ELOOP, "list %s", path); /* like FREAD; O_NOFOLLOW below closes the race */
+		return;
+	}
 	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0) {
 		send_error(ch, errno, "list %s", path);
@@ -1937,8 +1942,14 @@ int main(int argc, char **argv)
 	take_token();
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* no /proc/1/mem, /proc/1/environ for the sandbox */
 	g_is_init = g_self == 1;
-	if (!g_is_init)
+	if (!g_is_init) {
 		prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); /* orphans come to us, not to the host's init */
+		/* Outside a sandbox (tests), go (and take our processes along) when our parent dies. */
+		pid_t parent = getppid();
+		prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+		if (getppid() != parent)
+			return 0;
+	}
 	/* Big buffers come from mmap and go back to the kernel when freed: idle RSS stays small. */
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024);

@@ -25,14 +25,14 @@ npm run build
 step "templates"
 node scripts/ensure-templates.mjs
 
+step "airlock on PATH"
 cli="$PWD/packages/cli/dist/src/main.js"
-if [[ -f $cli ]]; then
-  chmod +x "$cli"
-  ln -sf "$cli" /usr/local/bin/airlock
-  echo "airlock -> $cli"
-else
-  echo "quickstart: $cli not built; airlock is not linked onto PATH" >&2
-fi
+[[ -f $cli ]] || { echo "quickstart: $cli was not built" >&2; exit 1; }
+chmod +x "$cli"
+# npm links a workspace's bin only when its target existed at install time: link it now that it is built.
+npm rebuild @airlock/cli --silent
+ln -sf "$cli" /usr/local/bin/airlock
+echo "airlock -> $cli (and ./node_modules/.bin/airlock)"
 
 # demo ----------------------------------------------------------------------------------
 # An agent-style task: code the "agent" wrote runs in a throwaway sandbox with limits, and

@@ -1,15 +1,15 @@
-import { chmodSync, existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentLink, type AgentExit } from './agent/agent-link.js';
 import { EventLog } from './audit/event-log.js';
-import { DEFAULT_DATA_DIR, HOST_SOCKET_NAME } from './constants.js';
-import { runDoctor } from './doctor.js';
+import { DEFAULT_DATA_DIR, HOST_SOCKET_NAME, SANDBOX_ID_BASE } from './constants.js';
+import { findExecutable, runDoctor } from './doctor.js';
 import type {
   AirlockEngine, Caller, DoctorCheck, EventFilter, FileStat, ListFilter, TemplateInfo,
 } from './engine-api.js';
 import { AirlockError, badRequest, conflict, notFound } from './errors.js';
-import { childCgroups, removeCgroup } from './runtime/cgroups.js';
+import { cgroupMode, childCgroups, removeCgroup } from './runtime/cgroups.js';
 import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
 import type { RuntimeDriver } from './runtime/driver.js';
 import { mapAgentError } from './sandbox/agent-errors.js';
@@ -58,6 +58,16 @@ const END_EVENT: Partial<Record<SandboxState, string>> = {
   stopped: 'sandbox.stopped', killed: 'sandbox.killed', expired: 'sandbox.expired', failed: 'sandbox.failed',
 };
 
+/**
+ * runc serves cgroup v1 and hybrid hosts (crun 1.8 refuses hybrid); on a pure v2 host crun is
+ * used when installed (faster, native v2). AIRLOCK_OCI_RUNTIME overrides the choice.
+ */
+function ociRuntime(): string {
+  const forced = process.env.AIRLOCK_OCI_RUNTIME;
+  if (forced) return forced;
+  return cgroupMode() === 'v2' && findExecutable('crun') ? 'crun' : 'runc';
+}
+
 function defaultAgentBinary(): string {
   // packages/engine/dist/src/engine.js → <repo>/agent/build/airlock-agent. realpath: Node may
   // load this module through the node_modules/@airlock/engine workspace link.
@@ -91,11 +101,9 @@ export class Engine implements AirlockEngine {
   private constructor(opts: EngineOptions) {
     this.dataDir = resolve(opts.dataDir ?? DEFAULT_DATA_DIR);
     this.templatesDir = resolve(opts.templatesDir ?? process.env.AIRLOCK_TEMPLATES_DIR ?? join(this.dataDir, 'templates'));
-    // 0711: the sandbox's runtime init runs as the unprivileged mapped uid and must be able to
-    // traverse down to its rootfs; nobody may list or read what is in here.
-    mkdirSync(this.dataDir, { recursive: true, mode: 0o711 });
-    chmodSync(this.dataDir, 0o711);
-    mkdirSync(join(this.dataDir, 'sandboxes'), { recursive: true, mode: 0o711 });
+    mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
+    sandboxTraversable(this.dataDir);
+    sandboxTraversable(join(this.dataDir, 'sandboxes'));
     this.db = openDb(join(this.dataDir, 'airlock.db'));
     this.sandboxes = new SqliteSandboxRepository(this.db);
     this.keys = new KeyRepository(this.db);
@@ -104,7 +112,7 @@ export class Engine implements AirlockEngine {
     this.agentBinary = opts.agentBinary ?? process.env.AIRLOCK_AGENT_BINARY ?? defaultAgentBinary();
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
     this.log = opts.log ?? (() => {});
-    this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir, this.agentBinary)]]);
+    this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir, this.agentBinary, ociRuntime())]]);
   }
 
   static async open(opts: EngineOptions = {}): Promise<Engine> {
@@ -157,7 +165,8 @@ export class Engine implements AirlockEngine {
     const controlDir = join(dir, 'ctl');
     let link: AgentLink | null = null;
     try {
-      mkdirSync(controlDir, { recursive: true, mode: 0o755 });
+      sandboxTraversable(dir);
+      mkdirSync(controlDir, { mode: 0o755 });
       link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken);
       this.attach(rec.id, link, template.env);
       const ready = link.waitConnected(this.startTimeoutMs);
@@ -695,6 +704,17 @@ function checkMount(m: { source: string; target: string; readOnly: boolean }, i:
     throw badRequest(`${field}.source: ${m.source} does not exist on the host`, `${field}.source`);
   }
   return { source, target, readOnly: m.readOnly };
+}
+
+/**
+ * A directory on the path to a sandbox's rootfs and control socket: the runtime's init runs as
+ * the sandbox's unprivileged host ids and must pass through it (group SANDBOX_ID_BASE, --x),
+ * while other host users can neither list nor enter it (a sandbox's files are its own).
+ */
+function sandboxTraversable(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  chownSync(dir, 0, SANDBOX_ID_BASE);
+  chmodSync(dir, 0o710);
 }
 
 function safeReaddir(dir: string): string[] {

@@ -162,10 +162,10 @@ export async function run(link: AgentLink, argv: string[], over: Partial<AgentEx
 }
 
 /** A raw unix-socket client, for playing a misbehaving "agent". */
-export async function rawConnect(socketPath: string): Promise<net.Socket & { closed: Promise<void> }> {
-  const s = net.connect(socketPath) as net.Socket & { closed: Promise<void> };
+export async function rawConnect(socketPath: string): Promise<net.Socket & { gone: Promise<void> }> {
+  const s = net.connect(socketPath) as net.Socket & { gone: Promise<void> };
   s.on('error', () => {});
-  s.closed = new Promise((r) => s.once('close', () => r()));
+  s.gone = new Promise((r) => s.once('close', () => r()));
   await new Promise<void>((res, rej) => {
     s.once('connect', res);
     s.once('error', rej);

@@ -343,29 +343,29 @@ describe('agent and link', () => {
 
       const oversized = await rawConnect(sock2);
       oversized.write(Buffer.from([0xff, 0xff, 0xff, 0xff, 0x80, 0, 0, 0, 0]));
-      await oversized.closed;
+      await oversized.gone;
 
       const garbage = await rawConnect(sock2);
       garbage.write(randomBytes(4096));
-      await garbage.closed;
+      await garbage.gone;
 
       const badToken = await rawConnect(sock2);
       badToken.write(encodeFrame(MsgType.HELLO, 0, encodeHello('not-the-token')));
-      await badToken.closed;
+      await badToken.gone;
 
       const silent = await rawConnect(sock2);
       const t0 = Date.now();
-      await silent.closed;
+      await silent.gone;
       assert.ok(Date.now() - t0 < 3500, 'a connection without HELLO must be dropped after ~2 s');
 
       // Authenticates, then breaks the framing: dropped, link2 reports the disconnect.
       const rogue = await rawConnect(sock2);
       rogue.write(encodeFrame(MsgType.HELLO, 0, encodeHello(TOKEN)));
       await link2.waitConnected(2000);
-      const ping = link2.ping();
+      const pingFails = assert.rejects(link2.ping(), AgentDisconnectedError);
       rogue.write(Buffer.from([0, 0, 0, 1, 0xaa]));
-      await rogue.closed;
-      await assert.rejects(ping, AgentDisconnectedError);
+      await rogue.gone;
+      await pingFails;
       assert.equal(link2.connected, false);
       assert.deepEqual(events, ['connected', 'disconnected']);
 
@@ -374,11 +374,14 @@ describe('agent and link', () => {
       rogue2.write(encodeFrame(MsgType.HELLO, 0, encodeHello(TOKEN)));
       await link2.waitConnected(2000);
       const h = link2.exec(execSpec(['true']));
+      const execFails = Promise.all([
+        assert.rejects(h.started, AgentDisconnectedError),
+        assert.rejects(h.done, AgentDisconnectedError),
+      ]);
       await sleep(50);
       rogue2.write(encodeFrame(MsgType.EXIT, h.channel, Buffer.from([1, 2, 3])));
-      await assert.rejects(h.done, AgentDisconnectedError);
-      await assert.rejects(h.started, AgentDisconnectedError);
-      await rogue2.closed;
+      await execFails;
+      await rogue2.gone;
 
       // Meanwhile the real agent on the first link never noticed.
       assert.equal((await run(link, ['echo', 'still fine'])).stdout, 'still fine\n');
@@ -389,7 +392,7 @@ describe('agent and link', () => {
         await link2.waitConnected(3000);
         const impostor = await rawConnect(sock2);
         impostor.write(encodeFrame(MsgType.HELLO, 0, encodeHello(TOKEN)));
-        await impostor.closed;
+        await impostor.gone;
         assert.equal((await run(link2, ['echo', 'real agent'])).stdout, 'real agent\n');
       } finally {
         await stopAgent(agent2);
