@@ -95,6 +95,9 @@ static int g_connect_logged;
 static unsigned g_tmp_counter;
 static char g_sink[16384];      /* output nobody will receive is read into here and dropped */
 
+static uint64_t g_last_busy;    /* when the loop last had work; memory is trimmed after a quiet second */
+static int g_trimmed = 1;
+
 static unsigned char *g_in;     /* bytes read from the host, not yet handled */
 static size_t g_in_len, g_in_cap;
 
@@ -140,6 +143,89 @@ static struct fop *g_fops;
 static size_t g_fop_count;
 
 /* ---- small helpers ---- */
+
+/* Messages only need %s, %.Ns, %d, %u and %%. Formatting them here instead of with stdio's
+ * printf keeps glibc's locale, wide-char and floating-point code (and with it about half
+ * of the agent's resident size) out of the static binary. */
+static size_t fmt_v(char *buf, size_t cap, const char *f, va_list ap)
+{
+	size_t n = 0;
+	if (cap == 0)
+		return 0;
+	for (; *f; f++) {
+		if (*f != '%') {
+			if (n + 1 < cap)
+				buf[n++] = *f;
+			continue;
+		}
+		size_t prec = (size_t)-1;
+		if (f[1] == '.') {
+			f++;
+			prec = 0;
+			while (f[1] >= '0' && f[1] <= '9')
+				prec = prec * 10 + (size_t)(*++f - '0');
+		}
+		char num[24];
+		const char *s = num + sizeof num;
+		size_t len = 0;
+		unsigned long v = 0;
+		int neg = 0;
+		switch (*++f) {
+		case 's':
+			s = va_arg(ap, const char *);
+			if (!s)
+				s = "(null)";
+			len = strnlen(s, prec);
+			break;
+		case 'd': {
+			long d = va_arg(ap, int);
+			neg = d < 0;
+			v = neg ? (unsigned long)-d : (unsigned long)d;
+			goto number;
+		}
+		case 'u':
+			v = va_arg(ap, unsigned);
+		number:
+			do {
+				*(char *)--s = (char)('0' + v % 10);
+				v /= 10;
+			} while (v);
+			if (neg)
+				*(char *)--s = '-';
+			len = (size_t)(num + sizeof num - s);
+			break;
+		case '%':
+			s = "%";
+			len = 1;
+			break;
+		default: /* unsupported or truncated directive: print nothing for it */
+			if (!*f)
+				f--;
+			continue;
+		}
+		for (size_t i = 0; i < len && n + 1 < cap; i++)
+			buf[n++] = s[i];
+	}
+	buf[n] = 0;
+	return n;
+}
+
+static size_t fmt(char *buf, size_t cap, const char *f, ...)
+{
+	va_list ap;
+	va_start(ap, f);
+	size_t n = fmt_v(buf, cap, f, ap);
+	va_end(ap);
+	return n;
+}
+
+/* strerror() would pull in gettext; the untranslated text is what the host wants anyway. */
+static const char *errstr(int err)
+{
+	const char *s = strerrordesc_np(err);
+	return s ? s : "Unknown error";
+}
+
 static uint64_t now_ms(void)
 {
 	struct timespec ts;
@@ -147,21 +233,16 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-static void logmsg(const char *fmt, ...)
+static void logmsg(const char *f, ...)
 {
 	char buf[512];
-	int n = snprintf(buf, sizeof buf, "airlock-agent[%d]: ", (int)g_self);
+	size_t n = fmt(buf, sizeof buf, "airlock-agent[%d]: ", (int)g_self);
 	va_list ap;
-	va_start(ap, fmt);
-	int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+	va_start(ap, f);
+	n += fmt_v(buf + n, sizeof buf - n - 1, f, ap);
 	va_end(ap);
-	if (m < 0)
-		m = 0;
-	size_t len = (size_t)n + (size_t)m;
-	if (len > sizeof buf - 2)
-		len = sizeof buf - 2;
-	buf[len++] = '\n';
-	ssize_t w = write(2, buf, len);
+	buf[n++] = '\n';
+	ssize_t w = write(2, buf, n);
 	(void)w;
 }
 
@@ -361,23 +442,17 @@ static void send_frame(unsigned type, uint32_t ch, const void *a, size_t alen)
 	send_frame2(type, ch, a, alen, NULL, 0);
 }
 
-static void send_error(uint32_t ch, int err, const char *fmt, ...)
+static void send_error(uint32_t ch, int err, const char *f, ...)
 {
 	char msg[640];
 	va_list ap;
-	va_start(ap, fmt);
-	int m = vsnprintf(msg, 512, fmt, ap);
+	va_start(ap, f);
+	size_t m = fmt_v(msg, 512, f, ap);
 	va_end(ap);
-	if (m < 0)
-		m = 0;
-	if (m > 511)
-		m = 511;
-	m += snprintf(msg + m, sizeof msg - (size_t)m, ": %s", strerror(err));
-	if (m >= (int)sizeof msg)
-		m = (int)sizeof msg - 1;
+	m += fmt(msg + m, sizeof msg - m, ": %s", errstr(err));
 	unsigned char e[4];
 	put32(e, (uint32_t)err);
-	send_frame2(T_ERROR, ch, e, 4, msg, (size_t)m + 1);
+	send_frame2(T_ERROR, ch, e, 4, msg, m + 1);
 }
 
 /* Builds a run of result frames (PS_RESULT, FLIST_RESULT) in place in the queue. */
@@ -474,15 +549,20 @@ static struct procent *proc_scan(size_t *count)
 		if (*end || pid <= 0)
 			continue;
 		char path[64], buf[512];
-		snprintf(path, sizeof path, "%ld/stat", pid);
+		fmt(path, sizeof path, "%d/stat", (int)pid);
 		int len = read_small(dirfd(d), path, buf, sizeof buf - 1);
 		if (len <= 0)
 			continue;
 		buf[len] = 0;
-		char *rp = strrchr(buf, ')');
-		int ppid, pgrp, sid;
-		char state;
-		if (!rp || sscanf(rp + 1, " %c %d %d %d", &state, &ppid, &pgrp, &sid) != 4)
+		/* "pid (comm) S ppid pgrp sid ...": comm may hold anything, so parse after the last ')'. */
+		char *p = strrchr(buf, ')');
+		if (!p || strlen(p) < 4)
+			continue;
+		p += 4;
+		long ppid = strtol(p, &p, 10);
+		strtol(p, &p, 10); /* pgrp */
+		long sid = strtol(p, &end, 10);
+		if (end == p)
 			continue;
 		if (n == cap) {
 			struct procent *nv = realloc(v, cap * 2 * sizeof *v);
@@ -492,8 +572,8 @@ static struct procent *proc_scan(size_t *count)
 			cap *= 2;
 		}
 		v[n].pid = (pid_t)pid;
-		v[n].ppid = ppid;
-		v[n].sid = sid;
+		v[n].ppid = (pid_t)ppid;
+		v[n].sid = (pid_t)sid;
 		n++;
 	}
 	closedir(d);
@@ -667,10 +747,8 @@ static void reap(void)
 static void child_fail(const char *what, const char *arg, int err, int code)
 {
 	char buf[768];
-	int n = snprintf(buf, sizeof buf, "airlock: %s%.512s: %s\n", what, arg, strerror(err));
-	if (n > (int)sizeof buf - 1)
-		n = (int)sizeof buf - 1;
-	ssize_t w = write(2, buf, (size_t)n);
+	size_t n = fmt(buf, sizeof buf, "airlock: %s%.512s: %s\n", what, arg, errstr(err));
+	ssize_t w = write(2, buf, n);
 	(void)w;
 	_exit(code);
 }
@@ -686,7 +764,10 @@ static void child_exec(int in, int out, int err, uid_t uid, gid_t gid, const cha
 	signal(SIGPIPE, SIG_DFL); /* the only disposition the agent changes */
 	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
 	if (fd >= 0) {
-		ssize_t w = write(fd, "0", 1); /* the agent runs at -1000; its children must not */
+		/* Raising the score needs no privilege, and sandbox code cannot lower it below the
+		 * agent's (0): under memory pressure the OOM killer prefers the sandbox's processes
+		 * to the agent, which would end the whole sandbox. */
+		ssize_t w = write(fd, "500", 3);
 		(void)w;
 		close(fd);
 	}
@@ -929,8 +1010,8 @@ static void handle_ps(uint32_t ch)
 		if (!in_sandbox(v, n, v[i].pid))
 			continue;
 		char line[PS_LINE_MAX], path[64];
-		int len = snprintf(line, sizeof line, "%d\t%u\t", (int)v[i].pid, channel_of(&v[i]));
-		snprintf(path, sizeof path, "%d/cmdline", (int)v[i].pid);
+		int len = (int)fmt(line, sizeof line, "%d\t%u\t", (int)v[i].pid, channel_of(&v[i]));
+		fmt(path, sizeof path, "%d/cmdline", (int)v[i].pid);
 		int cl = read_small(proc, path, line + len, CMDLINE_MAX);
 		if (cl < 0)
 			continue; /* exited meanwhile */
@@ -1314,7 +1395,7 @@ static void handle_fwrite_begin(uint32_t ch, struct rd r)
 		f->gid = st.st_gid;
 	}
 	f->base = strdup(base);
-	snprintf(f->tmp, sizeof f->tmp, ".airlock-%d-%u.tmp", (int)g_self, ++g_tmp_counter);
+	fmt(f->tmp, sizeof f->tmp, ".airlock-%d-%u.tmp", (int)g_self, ++g_tmp_counter);
 	f->fd = openat(dfd, f->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (f->fd < 0 || !f->base) {
 		int e = f->base ? errno : ENOMEM;
@@ -1608,6 +1689,23 @@ static void process_inbound(void)
 	}
 }
 
+/* Idle: hand buffers touched by the last burst back to the kernel (the agent lives in the
+ * sandbox's memory limit and is there for the sandbox's whole life). */
+static void trim_memory(void)
+{
+	free(q_spare);
+	q_spare = NULL;
+	if (g_in_len == 0) {
+		unsigned char *fresh = malloc(IN_INITIAL);
+		if (fresh) {
+			free(g_in);
+			g_in = fresh;
+			g_in_cap = IN_INITIAL;
+		}
+	}
+	malloc_trim(0);
+}
+
 static void sock_readable(void)
 {
 	for (int i = 0; i < 8 && online() && !inbound_paused() && g_in_len < g_in_cap; i++) {
@@ -1662,7 +1760,7 @@ static void try_connect(uint64_t now)
 	memcpy(sa.sun_path, g_sock_path, strlen(g_sock_path) + 1);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
 		if (!g_connect_logged) {
-			logmsg("connect %s: %s (retrying)", g_sock_path, strerror(errno));
+			logmsg("connect %s: %s (retrying)", g_sock_path, errstr(errno));
 			g_connect_logged = 1;
 		}
 		if (fd >= 0)
@@ -1753,7 +1851,7 @@ static void setup_fds(void)
 			int self = dirfd(d);
 			struct dirent *de;
 			while ((de = readdir(d))) {
-				int fd = atoi(de->d_name);
+				int fd = (int)strtol(de->d_name, NULL, 10);
 				if (fd > 2 && fd != self)
 					close(fd);
 			}
@@ -1778,7 +1876,7 @@ static void setup_signals(void)
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	g_sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (g_sigfd < 0) {
-		logmsg("signalfd: %s", strerror(errno));
+		logmsg("signalfd: %s", errstr(errno));
 		exit(2);
 	}
 }
@@ -1867,6 +1965,15 @@ static void loop(void)
 		}
 		if (online() && q_bytes < OUT_SOFT && streams_pending())
 			timeout = 0;
+		if (!g_trimmed) {
+			uint64_t due = g_last_busy + 1000;
+			if (now >= due && !q_head && g_in_len == 0) {
+				trim_memory();
+				g_trimmed = 1;
+			} else if (now < due && (timeout < 0 || (int64_t)(due - now) < timeout)) {
+				timeout = (int64_t)(due - now);
+			}
+		}
 
 		size_t n = 0;
 		int ok = poll_add(&n, g_sigfd, POLLIN, K_SIG, NULL) == 0;
@@ -1889,8 +1996,12 @@ static void loop(void)
 		int rc = poll(g_pfd, n, timeout > 60000 ? 60000 : (int)timeout);
 		if (rc < 0) {
 			if (errno != EINTR)
-				logmsg("poll: %s", strerror(errno));
+				logmsg("poll: %s", errstr(errno));
 			continue;
+		}
+		if (rc > 0) {
+			g_last_busy = now_ms();
+			g_trimmed = 0;
 		}
 		for (size_t i = 0; i < n; i++) {
 			struct pollfd *p = &g_pfd[i];
@@ -1957,7 +2068,7 @@ int main(int argc, char **argv)
 	setup_signals();
 	umask(022);
 	if (chdir("/") != 0)
-		logmsg("chdir /: %s", strerror(errno));
+		logmsg("chdir /: %s", errstr(errno));
 	g_in = malloc(IN_INITIAL);
 	if (!g_in)
 		return 2;

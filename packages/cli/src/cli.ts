@@ -45,7 +45,7 @@ function addSandboxOptions(cmd: Command): Command {
       .option('--timeout <duration>', 'sandbox lifetime, e.g. 30s, 5m, 1h; plain number = seconds (default 5m)', (v: string) =>
         parseDurationSeconds(v, '--timeout', { wholeSeconds: true }),
       )
-      .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all)', collectAllowHost)
+      .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all; this build has no egress proxy yet and refuses a non-empty allowlist)', collectAllowHost)
       .option('--mount <spec>', 'bind HOSTPATH:PATH[:ro|rw] into the sandbox, read-only by default (repeatable)', collectMount)
       .option('--env <K=V>', 'environment variable; a bare K copies it from here (repeatable)', collectEnv)
       .option('--workdir <dir>', 'working directory inside the sandbox (default /work)', (v: string) => parseSandboxPath(v, '--workdir'))
@@ -74,7 +74,7 @@ export function buildProgram(result: ActionResult): Command {
       `
 Examples:
   $ airlock run -- python3 -c 'print(6*7)'
-  $ airlock run --memory 256m --timeout 1m --allow-host pypi.org -- pip download requests
+  $ airlock run --memory 256m --cpus 0.5 --timeout 1m -- python3 -c 'import os; print(os.cpu_count())'
   $ id=$(airlock sandbox create --timeout 10m) && airlock sandbox exec "$id" -- ls /
 
 Environment:

@@ -118,10 +118,32 @@ export async function stopAgent(agent: RunningAgent): Promise<void> {
   }
 }
 
-export function memoryKb(pid: number): { rss: number; hwm: number } {
+/** VmRSS, its private (anonymous) part, and the peak (VmHWM), in kB. */
+export function memoryKb(pid: number): { rss: number; anon: number; hwm: number } {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(s)?.[1] ?? NaN);
-  return { rss: field('VmRSS'), hwm: field('VmHWM') };
+  return { rss: field('VmRSS'), anon: field('RssAnon'), hwm: field('VmHWM') };
+}
+
+/** Whether this host lets us run the agent as PID 1 of a new pid namespace. */
+export function canUnshare(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  const r = spawnSync('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', 'true'], { stdio: 'ignore' });
+  return r.status === 0;
+}
+
+/** The agent as PID 1: `unshare` forks it into a fresh pid namespace (and SIGKILLs it if unshare dies). */
+export function startAgentAsInit(socketPath: string, token: string): RunningAgent {
+  const proc = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', AGENT_BIN, '--connect', socketPath], {
+    env: { AIRLOCK_AGENT_TOKEN: token, PATH: process.env.PATH ?? '/usr/bin:/bin' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  proc.stderr!.on('data', (b: Buffer) => {
+    if (err.length < 64 * 1024) err += b.toString();
+  });
+  if (proc.pid === undefined) throw new Error('unshare did not start');
+  return { proc, pid: proc.pid, stderr: () => err };
 }
 
 export function execSpec(argv: string[], over: Partial<AgentExecSpec> = {}): AgentExecSpec {
@@ -161,10 +183,11 @@ export async function run(link: AgentLink, argv: string[], over: Partial<AgentEx
   return { pid, exit, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() };
 }
 
-/** A raw unix-socket client, for playing a misbehaving "agent". */
+/** A raw unix-socket client, for playing a misbehaving "agent"; `gone` resolves when the peer drops it. */
 export async function rawConnect(socketPath: string): Promise<net.Socket & { gone: Promise<void> }> {
   const s = net.connect(socketPath) as net.Socket & { gone: Promise<void> };
   s.on('error', () => {});
+  s.on('data', () => {}); // consume what the link sends, or 'end' (and 'close') never fire
   s.gone = new Promise((r) => s.once('close', () => r()));
   await new Promise<void>((res, rej) => {
     s.once('connect', res);

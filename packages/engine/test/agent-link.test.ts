@@ -11,8 +11,8 @@ import { after, before, describe, test } from 'node:test';
 import { AgentDisconnectedError, AgentError, AgentLink } from '../src/agent/agent-link.js';
 import { FrameDecoder, MsgType, ProtocolError, encodeFrame, encodeHello } from '../src/agent/protocol.js';
 import {
-  descendantsOf, ensureAgentBuilt, execSpec, isAlive, makeTmpDir, memoryKb, percentile, procStat, rawConnect,
-  removeTmpDir, run, sleep, startAgent, stopAgent, waitFor, type RunningAgent,
+  canUnshare, descendantsOf, ensureAgentBuilt, execSpec, isAlive, makeTmpDir, memoryKb, percentile, procStat, rawConnect,
+  removeTmpDir, run, sleep, startAgent, startAgentAsInit, stopAgent, waitFor, type RunningAgent,
 } from './agent-harness.js';
 
 const ENOENT = 2, ESRCH = 3, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, EINVAL = 22, EFBIG = 27, ENOTEMPTY = 39, ELOOP = 40;
@@ -130,7 +130,7 @@ describe('agent and link', () => {
     }
 
     const oom = await run(link, ['cat', '/proc/self/oom_score_adj']);
-    assert.equal(oom.stdout.trim(), '0');
+    assert.equal(oom.stdout.trim(), '500'); // children rank above the agent for the OOM killer
   });
 
   test('command not found exits 127, not executable 126', async () => {
@@ -205,9 +205,17 @@ describe('agent and link', () => {
     console.log(`# 50 MiB stdout in ${ms.toFixed(0)} ms (${((50 / ms) * 1000).toFixed(0)} MiB/s); agent VmHWM ${mem.hwm} kB`);
     assert.ok(mem.hwm < 24 * 1024, `agent peak RSS ${mem.hwm} kB`);
 
+    // A consumer that stalls: the link pauses its socket, the agent stops reading the file.
     const streamed = createHash('sha256');
-    for await (const chunk of link.readFileStream(file)) streamed.update(chunk);
+    const it = link.readFileStream(file)[Symbol.asyncIterator]();
+    let step = await it.next();
+    await sleep(500);
+    for (; !step.done; step = await it.next()) streamed.update(step.value);
     assert.equal(streamed.digest('hex'), createHash('sha256').update(data).digest('hex'));
+    const after = memoryKb(agent.pid);
+    console.log(`# after a stalled 50 MiB readFileStream: agent VmHWM ${after.hwm} kB`);
+    assert.ok(after.hwm < 24 * 1024, `agent peak RSS ${after.hwm} kB`);
+    await link.ping();
   });
 
   test('file operations round trip', async () => {
@@ -326,11 +334,12 @@ describe('agent and link', () => {
     console.log(`# exec round trip /bin/true: p50 ${percentile(times, 50).toFixed(3)} ms, p99 ${percentile(times, 99).toFixed(3)} ms; agent VmRSS ${mem.rss} kB`);
   });
 
-  test('the agent stays small when idle', async () => {
-    await sleep(100);
-    const { rss } = memoryKb(agent.pid);
-    console.log(`# agent idle VmRSS ${rss} kB`);
-    assert.ok(rss < 2048, `idle RSS ${rss} kB`);
+  test('the agent gives memory back when idle', async () => {
+    await sleep(1300); // the agent trims after a quiet second
+    const { rss, anon } = memoryKb(agent.pid);
+    console.log(`# agent idle after all of the above: VmRSS ${rss} kB, of which private ${anon} kB`);
+    assert.ok(anon < 512, `idle private memory ${anon} kB`);
+    assert.ok(rss < 1024, `idle RSS ${rss} kB`);
   });
 
   test('misbehaving fake agents are dropped without harming this link or another one', async () => {
@@ -414,7 +423,10 @@ describe('agent and link', () => {
       Buffer.concat([encodeFrame(MsgType.EXEC, 6, execPayloadWithArgc(0xffffffff))]), // absurd argc
       Buffer.concat([Buffer.from([0x7f]), randomBytes(64 * 1024)]), // random bytes behind an absurd length
     ];
+    const conns = new Set<net.Socket>();
     const server = net.createServer((s) => {
+      conns.add(s);
+      s.on('close', () => conns.delete(s));
       s.on('error', () => {});
       const d = new FrameDecoder();
       s.on('data', (b) => {
@@ -438,8 +450,9 @@ describe('agent and link', () => {
       await waitFor('the agent to reconnect after every kind of garbage', () => hellos.length > evil.length, 10_000);
       assert.ok(isAlive(fakeAgent.pid));
       assert.match(fakeAgent.stderr(), /disconnected/);
-      await new Promise<void>((r) => server.close(() => r()));
-      for (const s of hellos) s.destroy();
+      const closed = new Promise<void>((r) => server.close(() => r()));
+      for (const s of conns) s.destroy();
+      await closed;
 
       const real = await AgentLink.listen(sock3, TOKEN);
       try {
@@ -450,6 +463,7 @@ describe('agent and link', () => {
       }
     } finally {
       server.close();
+      for (const s of conns) s.destroy();
       await stopAgent(fakeAgent);
     }
   });
@@ -526,6 +540,43 @@ describe('link lifecycle', () => {
     await assert.rejects(link.waitConnected(1500), AgentDisconnectedError);
     assert.equal(link.connected, false);
     assert.ok(isAlive(agent.pid), 'the agent keeps retrying');
+  });
+
+  test('as PID 1 of a pid namespace: reaps, lists all, cannot be stopped from inside', { skip: !canUnshare() && 'needs root and unshare' }, async () => {
+    const sock = join(dir, 'init.sock');
+    const link = await AgentLink.listen(sock, TOKEN);
+    links.push(link);
+    const ns = startAgentAsInit(sock, TOKEN);
+    agents.push(ns);
+    await link.waitConnected(3000);
+    const agentHostPid = descendantsOf(ns.pid).find((p) => p.ppid === ns.pid)!.pid;
+
+    const inside = await run(link, ['sh', '-c', 'echo $$; tr "\\0" "\\n" < /proc/1/environ']);
+    assert.ok(Number(inside.stdout.split('\n')[0]) > 1);
+    assert.ok(!inside.stdout.includes(TOKEN), 'the token is readable in /proc/1/environ');
+
+    const bg = link.exec(execSpec(['sleep', '30'], { background: true }));
+    const bgPid = await bg.started;
+    await run(link, ['sh', '-c', '(sleep 0.3 &); (sleep 0.3 &); exit 0']);
+    const ps = await link.ps();
+    assert.ok(!ps.some((p) => p.pid === 1), 'ps lists the agent');
+    assert.deepEqual(ps.find((p) => p.pid === bgPid), { pid: bgPid, channel: bg.channel, cmdline: ['sleep', '30'] });
+    await waitFor('orphans to go', async () => !(await link.ps()).some((p) => p.cmdline[1] === '0.3'));
+    assert.deepEqual(descendantsOf(ns.pid).filter((p) => p.state === 'Z'), []);
+
+    // Code in the sandbox cannot stop its agent, whatever it sends to PID 1.
+    const attack = await run(link, ['sh', '-c', 'kill -TERM 1; kill -INT 1; kill -HUP 1; kill -KILL 1; echo sent']);
+    assert.equal(attack.stdout, 'sent\n');
+    await sleep(100);
+    await link.ping();
+    await rejectsWithErrno(link.killPid(1, 9), 1 /* EPERM */);
+
+    // SIGTERM from outside the sandbox does stop it, and the kernel takes everything along.
+    const gone = new Promise<void>((r) => link.once('disconnected', () => r()));
+    process.kill(agentHostPid, 'SIGTERM');
+    await gone;
+    await assert.rejects(bg.done, AgentDisconnectedError);
+    await waitFor('the namespace to empty', () => descendantsOf(ns.pid).length === 0);
   });
 
   test('listen refuses to replace something that is not a socket', async () => {

@@ -43,8 +43,11 @@ export interface AgentExecHandle {
   started: Promise<number>;
   /** Rejects with AgentDisconnectedError when the link drops first. */
   done: Promise<AgentExit>;
+  /** Needs `keepStdinOpen`; ignored otherwise, and once the exec ended or the link dropped. */
   writeStdin(data: Buffer): void;
+  /** EOF after what was written. */
   closeStdin(): void;
+  /** Signals the exec's whole process group (1..64). */
   signal(signo: number): void;
 }
 
@@ -122,6 +125,7 @@ function rejectedHandle(err: Error): AgentExecHandle {
   return { channel: 0, started, done, writeStdin: noop, closeStdin: noop, signal: noop };
 }
 
+/** Events: 'connected' (an authenticated agent), 'disconnected' (err: AgentDisconnectedError). */
 export class AgentLink extends EventEmitter {
   private conn: net.Socket | null = null;
   private readonly pending = new Set<net.Socket>();
