@@ -29,7 +29,7 @@ import { processAlive, processStartTime } from './util/proc.js';
 
 export interface EngineOptions {
   dataDir?: string;
-  /** Defaults to $AIRLOCK_TEMPLATES_DIR, else <dataDir>/templates. */
+  /** Defaults to $AIRLOCK_TEMPLATES_DIR, else <dataDir>/templates, else /var/lib/airlock/templates. */
   templatesDir?: string;
   agentBinary?: string;
   dnsUpstream?: string;
@@ -57,6 +57,12 @@ interface LiveSandbox {
 const END_EVENT: Partial<Record<SandboxState, string>> = {
   stopped: 'sandbox.stopped', killed: 'sandbox.killed', expired: 'sandbox.expired', failed: 'sandbox.failed',
 };
+
+/** <dataDir>/templates; a data dir without templates of its own uses the machine's (they are immutable). */
+function defaultTemplatesDir(dataDir: string): string {
+  const own = join(dataDir, 'templates');
+  return existsSync(own) || dataDir === DEFAULT_DATA_DIR ? own : join(DEFAULT_DATA_DIR, 'templates');
+}
 
 /**
  * runc serves cgroup v1 and hybrid hosts (crun 1.8 refuses hybrid); on a pure v2 host crun is
@@ -100,7 +106,7 @@ export class Engine implements AirlockEngine {
 
   private constructor(opts: EngineOptions) {
     this.dataDir = resolve(opts.dataDir ?? DEFAULT_DATA_DIR);
-    this.templatesDir = resolve(opts.templatesDir ?? process.env.AIRLOCK_TEMPLATES_DIR ?? join(this.dataDir, 'templates'));
+    this.templatesDir = resolve(opts.templatesDir ?? process.env.AIRLOCK_TEMPLATES_DIR ?? defaultTemplatesDir(this.dataDir));
     mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
     sandboxTraversable(this.dataDir);
     sandboxTraversable(join(this.dataDir, 'sandboxes'));
