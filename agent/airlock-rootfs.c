@@ -6,9 +6,9 @@
  * /proc/self/mountinfo); a sandbox needs two mounts to start and two to stop, on the cold
  * path that Airlock benchmarks against a raw `runc run`. Node has no mount(2).
  *
- *   airlock-rootfs mount LAYER ROOTFS LOWER SIZE_MIB INODES UID
+ *   airlock-rootfs mount LAYER ROOTFS LOWERS SIZE_MIB INODES UID
  *       tmpfs (size and inode bound = the disk quota) on LAYER, LAYER/upper owned by UID,
- *       LAYER/work, then overlayfs LOWER (read-only) + LAYER/upper on ROOTFS.
+ *       LAYER/work, then overlayfs LOWERS (read-only, "top:...:bottom") + LAYER/upper on ROOTFS.
  *   airlock-rootfs umount PATH...
  *       unmounts each PATH that is a mount point (lazily if busy); a PATH that is not
  *       mounted is not an error.
@@ -39,9 +39,9 @@ static int parse_ulong(const char *s, unsigned long max, unsigned long *out) {
     return 0;
 }
 
-static int has_option_syntax(const char *p) {
+static int has_option_syntax(const char *p, const char *forbidden) {
     /* overlayfs splits its options on ',' and its layer lists on ':'. */
-    return strpbrk(p, ",:\\") != NULL;
+    return strpbrk(p, forbidden) != NULL;
 }
 
 static int do_mount(char **argv) {
@@ -53,7 +53,7 @@ static int do_mount(char **argv) {
         fprintf(stderr, "airlock-rootfs: bad numeric argument\n");
         return 1;
     }
-    if (has_option_syntax(layer) || has_option_syntax(lower)) {
+    if (has_option_syntax(layer, ",:\\") || has_option_syntax(lower, ",\\") || lower[0] != '/') {
         fprintf(stderr, "airlock-rootfs: paths must not contain , : or \\\n");
         return 1;
     }
@@ -98,7 +98,7 @@ static int do_umount(int argc, char **argv) {
 int main(int argc, char **argv) {
     if (argc == 8 && strcmp(argv[1], "mount") == 0) return do_mount(argv + 2);
     if (argc >= 3 && strcmp(argv[1], "umount") == 0) return do_umount(argc - 2, argv + 2);
-    fprintf(stderr, "usage: airlock-rootfs mount LAYER ROOTFS LOWER SIZE_MIB INODES UID\n"
+    fprintf(stderr, "usage: airlock-rootfs mount LAYER ROOTFS LOWERS SIZE_MIB INODES UID\n"
                     "       airlock-rootfs umount PATH...\n");
     return 2;
 }

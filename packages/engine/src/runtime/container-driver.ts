@@ -39,7 +39,7 @@ export class ContainerDriver implements RuntimeDriver {
     // The agent binary is bound onto this placeholder; it must exist because /run/airlock is read-only inside.
     closeSync(openSync(join(l.controlDir, 'bin', 'airlock-agent'), 'a', 0o755));
     try {
-      const { rootfs } = await mountRootfs(this.rootfsHelper, l.dir, l.template.rootfs, l.spec.resources.diskMiB);
+      const { rootfs } = await mountRootfs(this.rootfsHelper, l.dir, l.template.layers, l.spec.resources.diskMiB);
       const spec = buildOciSpec({
         rootfsPath: rootfs,
         hostname: `airlock-${l.id.slice(0, 8)}`,

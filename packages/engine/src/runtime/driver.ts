@@ -2,7 +2,8 @@ import type { RuntimeName, SandboxSpec } from '../types.js';
 
 export interface TemplateRef {
   name: string;
-  rootfs: string;
+  /** Read-only layers, topmost first (overlayfs lowerdir order). */
+  layers: string[];
   env: string[];
   workdir: string;
 }

@@ -24,13 +24,14 @@ export function rootfsHelper(agentBinary: string): string {
   return join(dirname(agentBinary), 'airlock-rootfs');
 }
 
-export async function mountRootfs(helper: string, sandboxDir: string, templateRootfs: string, diskMiB: number): Promise<RootfsPaths> {
+export async function mountRootfs(helper: string, sandboxDir: string, layers: string[], diskMiB: number): Promise<RootfsPaths> {
   const p = rootfsPaths(sandboxDir);
   mkdirSync(p.layer, { recursive: true, mode: 0o700 });
   mkdirSync(p.rootfs, { recursive: true, mode: 0o755 });
   // Inodes bounded too: one per 16 KiB of quota, at least 4096.
   const inodes = Math.max(4096, diskMiB * 64);
-  await run(helper, ['mount', p.layer, p.rootfs, templateRootfs, String(diskMiB), String(inodes), String(SANDBOX_ID_BASE)]);
+  if (!layers.length || layers.some((l) => /[,:\\]/.test(l))) throw new Error('template layers must be paths without , : or \\');
+  await run(helper, ['mount', p.layer, p.rootfs, layers.join(':'), String(diskMiB), String(inodes), String(SANDBOX_ID_BASE)]);
   return p;
 }
 

@@ -11,6 +11,8 @@ export interface ResolvedTemplate {
   name: string;
   /** Absolute path of the read-only root filesystem (ownership shifted to SANDBOX_ID_BASE). */
   rootfs: string;
+  /** The read-only layers a sandbox stacks under its writable layer, topmost first. */
+  layers: string[];
   env: string[];
   workdir: string;
 }
@@ -66,7 +68,7 @@ export class TemplateStore {
     validateTemplateName(name);
     const loaded = this.load(name);
     if (!loaded) return null;
-    return { name, rootfs: loaded.rootfs, env: loaded.env, workdir: loaded.workdir };
+    return { name, rootfs: loaded.rootfs, layers: [loaded.rootfs], env: loaded.env, workdir: loaded.workdir };
   }
 
   /** Like get, but a missing template is a not_found error. */
