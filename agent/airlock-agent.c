@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -49,9 +50,10 @@ extern char **environ;
 enum {
 	T_EXEC = 1, T_STDIN = 2, T_SIGNAL = 3, T_PS = 4, T_KILLPID = 5, T_PING = 6, T_CANCEL = 7,
 	T_FREAD = 10, T_FWRITE_BEGIN = 11, T_FWRITE_DATA = 12, T_FLIST = 13, T_FDELETE = 14,
-	T_FSTAT = 15, T_FMKDIR = 16,
+	T_FSTAT = 15, T_FMKDIR = 16, T_FRENAME = 17, T_FWATCH = 18, T_FWALK = 19,
 	T_HELLO = 128, T_STARTED = 129, T_STDOUT = 130, T_STDERR = 131, T_EXIT = 132, T_ERROR = 133,
 	T_PS_RESULT = 134, T_PONG = 135, T_FDATA = 136, T_FOK = 137, T_FLIST_RESULT = 138,
+	T_FWALK_ENTRY = 139, T_FEVENT = 140,
 };
 
 #define EXEC_KEEP_STDIN 1u
@@ -78,7 +80,18 @@ enum {
 #define LIST_ENTRY_MAX (1 + 8 + 4 + 8 + NAME_MAXLEN + 1)
 #define STAT_BYTES 21
 #define RM_MAX_DEPTH 256
+#define WALK_MAX_DEPTH 128       /* FWALK: open directories at once (each holds a 32 KiB DIR buffer) */
 #define TOKEN_MAX 1024
+#define WATCH_MAX_OPS 16         /* FWATCH operations at once (one inotify instance each) */
+#define WATCH_MAX_DIRS 8192      /* directories one FWATCH watches */
+#define WATCH_MAX_PATH_BYTES (1u << 20) /* bytes of watched directory paths one FWATCH keeps */
+#define WATCH_MAX_PENDING 1024   /* coalesced events waiting for the next flush */
+#define WATCH_PENDING_BYTES (1u << 20)
+#define WATCH_WINDOW_MS 50       /* events are coalesced and sent at most this often */
+#define WATCH_HASH 2048          /* power of two, > WATCH_MAX_PENDING */
+#define WATCH_SCAN_DEPTH 128
+#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | \
+		    IN_DELETE_SELF | IN_MOVE_SELF | IN_EXCL_UNLINK | IN_ONLYDIR | IN_DONT_FOLLOW)
 
 /* ---- state ---- */
 static char *g_token;
@@ -119,18 +132,63 @@ struct exec {
 	size_t in_off, in_len;
 	uint64_t deadline;          /* monotonic ms, 0 = none */
 	int timed_out;
+	/* STARTED waits until the child has exec'd (or failed to): the read end of a CLOEXEC pipe
+	 * whose write end only the child holds reaches EOF then. Until then a PS would show the
+	 * agent's own command line for the pid the host is about to learn. */
+	int ready_fd;
+	int announced;
+	pid_t started_pid;
 };
 static struct exec *g_execs;
 static size_t g_exec_count;
 static size_t g_stdin_bytes;
 
-enum { FOP_READ, FOP_WRITE, FOP_LIST };
+enum { FOP_READ, FOP_WRITE, FOP_LIST, FOP_WALK, FOP_WATCH };
+
+/* FWALK: a depth-first walk, every level opened relative to its parent with O_NOFOLLOW. */
+struct walk_level {
+	DIR *dir;
+	size_t path_len;            /* length of this directory's relative path in walk.path */
+};
+struct walk {
+	struct walk_level levels[WALK_MAX_DEPTH];
+	int depth;
+	uint64_t remaining;         /* bytes of the current file (fop.fd) still to send */
+	char path[PATH_MAXLEN];     /* relative path of the current entry */
+};
+
+/* FWATCH: one inotify instance; watched directories sorted by wd (wds only grow). */
+struct wdir {
+	int wd;
+	char *path;
+};
+struct wevent {
+	unsigned char kind, isdir;
+	char *path, *from;
+};
+struct watch {
+	int recursive, root_wd, overflow, ended;
+	char *root;
+	struct wdir *dirs;
+	size_t ndirs, capdirs, path_bytes;
+	struct wevent pend[WATCH_MAX_PENDING];
+	size_t npend, pend_bytes;
+	int32_t slots[WATCH_HASH];  /* index + 1 into pend, 0 = empty; duplicates are coalesced */
+	uint64_t flush_at;          /* 0: nothing to send */
+	uint32_t move_cookie;       /* an IN_MOVED_FROM waiting for its IN_MOVED_TO */
+	char *move_from;
+	int move_isdir;
+	int move_hidden;            /* ... of one of our own FWRITE temp files */
+};
+
 struct fop {
 	struct fop *next;
 	uint32_t channel;
 	int kind;
 	int fd;                     /* READ: the file; WRITE: the temp file */
 	DIR *dir;                   /* LIST */
+	struct walk *walk;          /* WALK */
+	struct watch *watch;        /* WATCH; fd is its inotify instance */
 	int dirfd;                  /* WRITE: directory holding the target */
 	char *base;                 /* WRITE: target name in dirfd */
 	char tmp[64];               /* WRITE: temp name in dirfd */
@@ -141,6 +199,7 @@ struct fop {
 };
 static struct fop *g_fops;
 static size_t g_fop_count;
+static size_t g_watch_count;
 
 /* ---- small helpers ---- */
 
@@ -653,6 +712,21 @@ static void exec_kill(struct exec *e, int sig)
 		kill(e->pid, sig);
 }
 
+/* Sends STARTED once, before anything else of the exec: when its program runs, or as soon as
+ * it produced output or ended (which it can only do after exec, or while failing to). */
+static void exec_announce(struct exec *e)
+{
+	if (e->announced)
+		return;
+	e->announced = 1;
+	close_fd(&e->ready_fd);
+	if (e->channel) {
+		unsigned char p[4];
+		put32(p, (uint32_t)e->started_pid);
+		send_frame(T_STARTED, e->channel, p, 4);
+	}
+}
+
 /* One read from an exec's pipe: forwarded while someone listens, else dropped.
  * Returns bytes read, 0 at EOF (the pipe is then closed), -1 when nothing was there. */
 static ssize_t pipe_read(struct exec *e, int is_err, size_t max)
@@ -660,6 +734,7 @@ static ssize_t pipe_read(struct exec *e, int is_err, size_t max)
 	int *fd = is_err ? &e->err_fd : &e->out_fd;
 	ssize_t r;
 	if (e->channel && online()) {
+		exec_announce(e);
 		size_t room;
 		unsigned char *p = q_reserve(HDR + 4096, HDR + (max < PIPE_READ ? max : PIPE_READ), &room);
 		if (!p)
@@ -697,6 +772,7 @@ static void pipe_drain(struct exec *e, int is_err)
 
 static void exec_exited(struct exec *e, int status)
 {
+	exec_announce(e);
 	e->pid = 0;
 	pipe_drain(e, 0);
 	pipe_drain(e, 1);
@@ -718,7 +794,7 @@ static void exec_sweep(void)
 {
 	for (struct exec **pp = &g_execs; *pp;) {
 		struct exec *e = *pp;
-		if (e->pid == 0 && e->out_fd < 0 && e->err_fd < 0 && e->in_fd < 0) {
+		if (e->pid == 0 && e->out_fd < 0 && e->err_fd < 0 && e->in_fd < 0 && e->ready_fd < 0) {
 			*pp = e->next;
 			free(e);
 			g_exec_count--;
@@ -1195,6 +1271,39 @@ static struct fop *fop_new(uint32_t ch, int kind)
 	return f;
 }
 
+static void walk_free(struct walk *w)
+{
+	if (!w)
+		return;
+	while (w->depth > 0)
+		closedir(w->levels[--w->depth].dir);
+	free(w);
+}
+
+static void wevent_clear(struct watch *w)
+{
+	for (size_t i = 0; i < w->npend; i++) {
+		free(w->pend[i].path);
+		free(w->pend[i].from);
+	}
+	w->npend = w->pend_bytes = 0;
+	memset(w->slots, 0, sizeof w->slots);
+}
+
+static void watch_free(struct watch *w)
+{
+	if (!w)
+		return;
+	wevent_clear(w);
+	for (size_t i = 0; i < w->ndirs; i++)
+		free(w->dirs[i].path);
+	free(w->dirs);
+	free(w->move_from);
+	free(w->root);
+	free(w);
+	g_watch_count--;
+}
+
 /* Ends a file operation; an unfinished write leaves no temp file behind. */
 static void fop_free(struct fop *f)
 {
@@ -1210,6 +1319,8 @@ static void fop_free(struct fop *f)
 	close_fd(&f->dirfd);
 	if (f->dir)
 		closedir(f->dir);
+	walk_free(f->walk);
+	watch_free(f->watch);
 	free(f->base);
 	free(f);
 	g_fop_count--;
@@ -1279,9 +1390,676 @@ static void handle_flist(uint32_t ch, struct rd r)
 	f->dir = d;
 }
 
+/* ---- FWALK: stream a directory tree (entries and file contents) without following links ---- */
+
+/* One FWALK_ENTRY: stat of the entry, its path relative to the walk's root, a link's target. */
+static void send_walk_entry(uint32_t ch, const struct stat *st, const char *rel, const char *target)
+{
+	unsigned char p[STAT_BYTES + 2 * PATH_MAXLEN];
+	size_t n = stat_encode(p, st);
+	size_t rl = strlen(rel), tl = strlen(target);
+	memcpy(p + n, rel, rl + 1);
+	n += rl + 1;
+	memcpy(p + n, target, tl + 1);
+	n += tl + 1;
+	send_frame(T_FWALK_ENTRY, ch, p, n);
+}
+
+/* Sends the next piece of the current file: exactly the size announced in its entry, so a
+ * file that shrinks meanwhile is padded with zeros and one that grows is cut. */
+static int walk_file_data(struct fop *f)
+{
+	struct walk *w = f->walk;
+	size_t want = w->remaining < FILE_CHUNK ? (size_t)w->remaining : FILE_CHUNK;
+	size_t room;
+	unsigned char *p = q_reserve(HDR + (want < 4096 ? want : 4096), HDR + want, &room);
+	if (!p)
+		return -1;
+	size_t n = room - HDR;
+	ssize_t r = read(f->fd, p + HDR, n);
+	if (r < 0 && (errno == EINTR || errno == EAGAIN))
+		return 0;
+	if (r < 0) {
+		send_error(f->channel, errno, "read %s", w->path);
+		return -1;
+	}
+	if (r == 0) {
+		memset(p + HDR, 0, n);
+		r = (ssize_t)n;
+	}
+	put_hdr(p, T_FDATA, f->channel, (size_t)r);
+	q_commit(HDR + (size_t)r);
+	w->remaining -= (uint64_t)r;
+	if (w->remaining == 0)
+		close_fd(&f->fd);
+	return 0;
+}
+
+/* Handles one directory entry of the walk; returns -1 when the walk failed (ERROR sent). */
+static int walk_entry(struct fop *f, struct walk_level *lv, const char *name)
+{
+	struct walk *w = f->walk;
+	size_t nl = strlen(name), plen = lv->path_len;
+	size_t len = plen ? plen + 1 + nl : nl;
+	if (len >= PATH_MAXLEN) {
+		send_error(f->channel, ENAMETOOLONG, "walk %.256s", w->path);
+		return -1;
+	}
+	if (plen)
+		w->path[plen] = '/';
+	memcpy(w->path + (plen ? plen + 1 : 0), name, nl + 1);
+	int dfd = dirfd(lv->dir);
+	struct stat st;
+	if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		return 0; /* removed meanwhile */
+	if (S_ISLNK(st.st_mode)) {
+		char target[PATH_MAXLEN];
+		ssize_t tl = readlinkat(dfd, name, target, sizeof target - 1);
+		if (tl < 0)
+			return 0;
+		target[tl] = 0;
+		send_walk_entry(f->channel, &st, w->path, target);
+		return 0;
+	}
+	if (S_ISDIR(st.st_mode)) {
+		if (w->depth >= WALK_MAX_DEPTH) {
+			send_error(f->channel, ENAMETOOLONG, "walk %.256s: deeper than %d levels", w->path, WALK_MAX_DEPTH);
+			return -1;
+		}
+		/* O_NOFOLLOW relative to the parent: a directory swapped for a link is not entered. */
+		int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd < 0)
+			return 0;
+		DIR *d = fstat(fd, &st) == 0 ? fdopendir(fd) : NULL;
+		if (!d) {
+			close(fd);
+			return 0;
+		}
+		send_walk_entry(f->channel, &st, w->path, "");
+		w->levels[w->depth].dir = d;
+		w->levels[w->depth].path_len = len;
+		w->depth++;
+		return 0;
+	}
+	if (!S_ISREG(st.st_mode))
+		return 0; /* FIFOs, devices, sockets: never opened, not part of the walk */
+	int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+	if (fd < 0)
+		return 0;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return 0;
+	}
+	send_walk_entry(f->channel, &st, w->path, "");
+	if (st.st_size > 0) {
+		f->fd = fd;
+		w->remaining = (uint64_t)st.st_size;
+	} else {
+		close(fd);
+	}
+	return 0;
+}
+
+static void walk_step(struct fop *f)
+{
+	struct walk *w = f->walk;
+	while (online() && q_bytes < OUT_SOFT) {
+		if (f->fd >= 0) {
+			if (walk_file_data(f) < 0) {
+				fop_free(f);
+				return;
+			}
+			if (f->fd >= 0)
+				continue;
+		}
+		if (w->depth == 0) {
+			send_frame(T_FOK, f->channel, NULL, 0);
+			fop_free(f);
+			return;
+		}
+		struct walk_level *lv = &w->levels[w->depth - 1];
+		errno = 0;
+		struct dirent *de = readdir(lv->dir);
+		if (!de) {
+			if (errno) {
+				send_error(f->channel, errno, "walk");
+				fop_free(f);
+				return;
+			}
+			closedir(lv->dir);
+			w->depth--;
+			continue;
+		}
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+			continue;
+		if (walk_entry(f, lv, de->d_name) < 0) {
+			fop_free(f);
+			return;
+		}
+	}
+}
+
+static void handle_fwalk(uint32_t ch, struct rd r)
+{
+	char path[PATH_MAXLEN];
+	if (read_path(ch, &r, path, "walk"))
+		return;
+	/* The root itself is not followed either: a link there fails with ELOOP (like FLIST;
+	 * O_NOFOLLOW below closes the race). */
+	struct stat st;
+	if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+		send_error(ch, ELOOP, "walk %s", path);
+		return;
+	}
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0) {
+		send_error(ch, errno, "walk %s", path);
+		return;
+	}
+	DIR *d = fdopendir(fd);
+	struct walk *w = d ? calloc(1, sizeof *w) : NULL;
+	if (!w) {
+		int e = d ? ENOMEM : errno;
+		if (d)
+			closedir(d);
+		else
+			close(fd);
+		send_error(ch, e, "walk %s", path);
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_WALK);
+	if (!f) {
+		closedir(d);
+		free(w);
+		return;
+	}
+	w->levels[0].dir = d;
+	w->levels[0].path_len = 0;
+	w->depth = 1;
+	f->walk = w;
+}
+
+/* ---- FRENAME ---- */
+
+static void handle_frename(uint32_t ch, struct rd r)
+{
+	uint32_t flags;
+	const char *raw_from, *raw_to;
+	if (rd_u32(&r, &flags) || rd_str(&r, &raw_from) || rd_str(&r, &raw_to) || r.n) {
+		conn_fail("malformed FRENAME");
+		return;
+	}
+	char from[PATH_MAXLEN], to[PATH_MAXLEN];
+	int e = norm_path(raw_from, from);
+	const char *bad = raw_from;
+	if (!e) {
+		e = norm_path(raw_to, to);
+		bad = raw_to;
+	}
+	if (e) {
+		send_error(ch, -e, "rename %.256s", bad);
+		return;
+	}
+	if (!strcmp(from, "/") || !strcmp(to, "/")) {
+		send_error(ch, EBUSY, "rename /");
+		return;
+	}
+	char fcopy[PATH_MAXLEN], tcopy[PATH_MAXLEN];
+	memcpy(fcopy, from, strlen(from) + 1);
+	memcpy(tcopy, to, strlen(to) + 1);
+	const char *fbase, *tbase;
+	const char *fparent = split_path(fcopy, &fbase);
+	const char *tparent = split_path(tcopy, &tbase);
+	int fd1 = open(fparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd1 < 0) {
+		send_error(ch, errno, "rename %s", from);
+		return;
+	}
+	int fd2 = open(tparent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd2 < 0) {
+		e = errno;
+		close(fd1);
+		send_error(ch, e, "rename to %s", to);
+		return;
+	}
+	/* renameat2 acts on the last components themselves: a link is moved, never its target. */
+	unsigned rflags = (flags & 1) ? 0 : RENAME_NOREPLACE;
+	int rc = renameat2(fd1, fbase, fd2, tbase, rflags);
+	if (rc != 0 && errno == EINVAL && rflags) {
+		/* A file system without RENAME_NOREPLACE (or a move into itself, which fails again). */
+		struct stat st;
+		if (fstatat(fd2, tbase, &st, AT_SYMLINK_NOFOLLOW) == 0)
+			errno = EEXIST;
+		else if (errno == ENOENT)
+			rc = renameat(fd1, fbase, fd2, tbase);
+	}
+	struct stat st;
+	if (rc != 0)
+		send_error(ch, errno, "rename %s to %s", from, to);
+	else if (fstatat(fd2, tbase, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		send_error(ch, errno, "stat %s", to);
+	else
+		send_stat_ok(ch, &st);
+	close(fd1);
+	close(fd2);
+}
+
+/* ---- FWATCH: inotify, recursive, coalesced and bounded ---- */
+
+static uint32_t fnv1a(unsigned kind, const char *s)
+{
+	uint32_t h = 2166136261u ^ kind;
+	h *= 16777619u;
+	for (; *s; s++) {
+		h ^= (unsigned char)*s;
+		h *= 16777619u;
+	}
+	return h;
+}
+
+static void watch_arm(struct watch *w)
+{
+	if (!w->flush_at)
+		w->flush_at = now_ms() + WATCH_WINDOW_MS;
+}
+
+/* Queues an event; the same (kind, path) twice within one window is sent once. */
+static void watch_add_event(struct watch *w, unsigned kind, int isdir, const char *path, const char *from)
+{
+	watch_arm(w);
+	uint32_t h = fnv1a(kind, path) & (WATCH_HASH - 1);
+	if (!from) {
+		for (;; h = (h + 1) & (WATCH_HASH - 1)) {
+			int32_t s = w->slots[h];
+			if (!s)
+				break;
+			struct wevent *e = &w->pend[s - 1];
+			if (e->kind == kind && !e->from && !strcmp(e->path, path))
+				return;
+		}
+	}
+	size_t bytes = strlen(path) + 1 + (from ? strlen(from) + 1 : 0);
+	if (w->npend >= WATCH_MAX_PENDING || w->pend_bytes + bytes > WATCH_PENDING_BYTES) {
+		w->overflow = 1; /* dropped: the host hears "overflow" instead of memory growing */
+		return;
+	}
+	struct wevent *e = &w->pend[w->npend];
+	e->path = strdup(path);
+	e->from = from ? strdup(from) : NULL;
+	if (!e->path || (from && !e->from)) {
+		free(e->path);
+		free(e->from);
+		w->overflow = 1;
+		return;
+	}
+	e->kind = (unsigned char)kind;
+	e->isdir = (unsigned char)(isdir != 0);
+	w->npend++;
+	w->pend_bytes += bytes;
+	if (!from) {
+		while (w->slots[h])
+			h = (h + 1) & (WATCH_HASH - 1);
+		w->slots[h] = (int32_t)w->npend;
+	}
+}
+
+static ssize_t watch_find(struct watch *w, int wd)
+{
+	size_t lo = 0, hi = w->ndirs;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (w->dirs[mid].wd == wd)
+			return (ssize_t)mid;
+		if (w->dirs[mid].wd < wd)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+static void watch_remove_at(struct watch *w, size_t i)
+{
+	w->path_bytes -= strlen(w->dirs[i].path) + 1;
+	free(w->dirs[i].path);
+	memmove(&w->dirs[i], &w->dirs[i + 1], (w->ndirs - i - 1) * sizeof w->dirs[0]);
+	w->ndirs--;
+}
+
+/* Watches one directory (by path, inside the agent's root, never through a final link).
+ * Returns 0, or -1 when it could not (limits: the overflow flag is then set). */
+static int watch_add_dir(struct watch *w, int ifd, const char *path)
+{
+	size_t pl = strlen(path) + 1;
+	if (w->ndirs >= WATCH_MAX_DIRS || w->path_bytes + pl > WATCH_MAX_PATH_BYTES) {
+		w->overflow = 1;
+		watch_arm(w);
+		return -1;
+	}
+	int wd = inotify_add_watch(ifd, path, WATCH_MASK);
+	if (wd < 0) {
+		if (errno == ENOSPC || errno == ENOMEM) {
+			w->overflow = 1;
+			watch_arm(w);
+		}
+		return -1;
+	}
+	char *copy = strdup(path);
+	if (!copy) {
+		inotify_rm_watch(ifd, wd);
+		w->overflow = 1;
+		watch_arm(w);
+		return -1;
+	}
+	ssize_t at = watch_find(w, wd);
+	if (at >= 0) { /* the same directory again (a rescan): keep the newest path */
+		w->path_bytes -= strlen(w->dirs[at].path) + 1;
+		free(w->dirs[at].path);
+		w->dirs[at].path = copy;
+		w->path_bytes += pl;
+		return 0;
+	}
+	if (w->ndirs == w->capdirs) {
+		size_t cap = w->capdirs ? w->capdirs * 2 : 16;
+		struct wdir *nd = realloc(w->dirs, cap * sizeof *nd);
+		if (!nd) {
+			free(copy);
+			inotify_rm_watch(ifd, wd);
+			w->overflow = 1;
+			watch_arm(w);
+			return -1;
+		}
+		w->dirs = nd;
+		w->capdirs = cap;
+	}
+	/* New wds are larger than all earlier ones, so appending keeps the array sorted; the
+	 * loop only matters after the (theoretical) wrap-around. */
+	size_t i = w->ndirs;
+	while (i > 0 && w->dirs[i - 1].wd > wd) {
+		w->dirs[i] = w->dirs[i - 1];
+		i--;
+	}
+	w->dirs[i].wd = wd;
+	w->dirs[i].path = copy;
+	w->ndirs++;
+	w->path_bytes += pl;
+	return 0;
+}
+
+static int join_path(char *out, const char *dir, const char *name)
+{
+	size_t dl = strcmp(dir, "/") ? strlen(dir) : 0, nl = strlen(name);
+	if (dl + 1 + nl >= PATH_MAXLEN)
+		return -1;
+	memcpy(out, dir, dl);
+	out[dl] = '/';
+	memcpy(out + dl + 1, name, nl + 1);
+	return 0;
+}
+
+static void watch_tree(struct watch *w, int ifd, const char *path, int report, int depth);
+
+/* Watches every directory below `path` (recursive watches). With `report`, what is found is
+ * reported as created: it appeared before its parent's watch existed. */
+static void watch_scan(struct watch *w, int ifd, const char *path, int report, int depth)
+{
+	if (depth >= WATCH_SCAN_DEPTH)
+		return;
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *de;
+	char child[PATH_MAXLEN];
+	while ((de = readdir(d))) {
+		if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || join_path(child, path, de->d_name))
+			continue;
+		int isdir = de->d_type == DT_DIR;
+		if (de->d_type == DT_UNKNOWN) {
+			struct stat st;
+			isdir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode);
+		}
+		if (report)
+			watch_add_event(w, 'c', isdir, child, NULL);
+		if (isdir)
+			watch_tree(w, ifd, child, report, depth + 1);
+	}
+	closedir(d);
+}
+
+static void watch_tree(struct watch *w, int ifd, const char *path, int report, int depth)
+{
+	if (watch_add_dir(w, ifd, path) == 0)
+		watch_scan(w, ifd, path, report, depth);
+}
+
+/* A directory left the watched tree (or moved inside it): forget its watches. */
+static void watch_forget_tree(struct watch *w, int ifd, const char *path)
+{
+	size_t pl = strlen(path);
+	for (size_t i = 0; i < w->ndirs;) {
+		const char *p = w->dirs[i].path;
+		if (w->dirs[i].wd != w->root_wd && !strncmp(p, path, pl) && (p[pl] == 0 || p[pl] == '/')) {
+			inotify_rm_watch(ifd, w->dirs[i].wd);
+			watch_remove_at(w, i);
+		} else {
+			i++;
+		}
+	}
+}
+
+/* An IN_MOVED_FROM whose IN_MOVED_TO did not follow: it left the tree, so it is deleted. */
+static void watch_flush_move(struct watch *w)
+{
+	if (!w->move_from)
+		return;
+	if (!w->move_hidden)
+		watch_add_event(w, 'd', w->move_isdir, w->move_from, NULL);
+	free(w->move_from);
+	w->move_from = NULL;
+}
+
+/* Whether `name` is one of this agent's FWRITE temp files (.airlock-<pid>-<n>.tmp). */
+static int is_own_tmp(const char *name)
+{
+	char prefix[32];
+	size_t pl = fmt(prefix, sizeof prefix, ".airlock-%d-", (int)g_self), nl = strlen(name);
+	return nl > pl + 4 && !strncmp(name, prefix, pl) && !strcmp(name + nl - 4, ".tmp");
+}
+
+static void watch_event(struct fop *f, const struct inotify_event *ev)
+{
+	struct watch *w = f->watch;
+	if (ev->mask & IN_Q_OVERFLOW) {
+		w->overflow = 1;
+		watch_arm(w);
+		return;
+	}
+	ssize_t at = watch_find(w, ev->wd);
+	if (at < 0)
+		return; /* a watch already forgotten */
+	if (ev->wd == w->root_wd && (ev->mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT))) {
+		/* The watched directory itself is gone or moved: paths would lie from now on. */
+		w->ended = 1;
+		watch_arm(w);
+		return;
+	}
+	if (ev->mask & IN_IGNORED) {
+		watch_remove_at(w, (size_t)at);
+		return;
+	}
+	if (!ev->len || !ev->name[0])
+		return; /* a subdirectory's own events: its parent reports them */
+	char path[PATH_MAXLEN];
+	if (join_path(path, w->dirs[at].path, ev->name))
+		return;
+	int isdir = (ev->mask & IN_ISDIR) != 0;
+	if (!(ev->mask & IN_MOVED_TO))
+		watch_flush_move(w);
+	if (!isdir && is_own_tmp(ev->name)) {
+		/* FWRITE's temp file: a watcher sees the file appear under its real name once,
+		 * when the temp file is renamed into place ('created'), not the temp name. */
+		if (ev->mask & IN_MOVED_FROM) {
+			w->move_from = strdup(path);
+			w->move_cookie = ev->cookie;
+			w->move_isdir = 0;
+			w->move_hidden = 1;
+		}
+		return;
+	}
+	if (ev->mask & IN_CREATE) {
+		watch_add_event(w, 'c', isdir, path, NULL);
+		if (isdir && w->recursive)
+			watch_tree(w, f->fd, path, 1, 0);
+	}
+	if (ev->mask & (IN_MODIFY | IN_CLOSE_WRITE))
+		watch_add_event(w, 'm', isdir, path, NULL);
+	if (ev->mask & IN_DELETE)
+		watch_add_event(w, 'd', isdir, path, NULL);
+	if (ev->mask & IN_MOVED_FROM) {
+		w->move_from = strdup(path);
+		w->move_cookie = ev->cookie;
+		w->move_isdir = isdir;
+		w->move_hidden = 0;
+		if (isdir && w->recursive)
+			watch_forget_tree(w, f->fd, path);
+	}
+	if (ev->mask & IN_MOVED_TO) {
+		if (w->move_from && w->move_cookie == ev->cookie && w->move_hidden) {
+			watch_add_event(w, 'c', isdir, path, NULL);
+			free(w->move_from);
+			w->move_from = NULL;
+		} else if (w->move_from && w->move_cookie == ev->cookie) {
+			watch_add_event(w, 'v', isdir, path, w->move_from);
+			free(w->move_from);
+			w->move_from = NULL;
+		} else {
+			watch_flush_move(w);
+			watch_add_event(w, 'c', isdir, path, NULL);
+		}
+		if (isdir && w->recursive)
+			watch_tree(w, f->fd, path, 0, 0);
+	}
+}
+
+static void watch_readable(struct fop *f)
+{
+	static unsigned char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+	for (int round = 0; round < 4; round++) {
+		ssize_t n = read(f->fd, buf, sizeof buf);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			/* Drained: a rename's two halves are queued together, so an unpaired
+			 * IN_MOVED_FROM now means the entry left the tree. */
+			watch_flush_move(f->watch);
+			return;
+		}
+		for (ssize_t off = 0; off + (ssize_t)sizeof(struct inotify_event) <= n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)(buf + off);
+			watch_event(f, ev);
+			off += (ssize_t)(sizeof *ev + ev->len);
+		}
+	}
+}
+
+static void send_fevent(uint32_t ch, unsigned kind, int isdir, const char *path, const char *from)
+{
+	unsigned char p[2 + 2 * PATH_MAXLEN];
+	size_t pl = strlen(path), fl = from ? strlen(from) : 0;
+	p[0] = (unsigned char)kind;
+	p[1] = (unsigned char)(isdir != 0);
+	memcpy(p + 2, path, pl + 1);
+	if (from)
+		memcpy(p + 3 + pl, from, fl);
+	p[3 + pl + fl] = 0;
+	send_frame(T_FEVENT, ch, p, 4 + pl + fl);
+}
+
+/* Sends what the last window gathered; frees the op once its root is gone. */
+static void watch_flush(struct fop *f)
+{
+	struct watch *w = f->watch;
+	if (w->overflow)
+		send_fevent(f->channel, 'o', 1, w->root, NULL);
+	w->overflow = 0;
+	for (size_t i = 0; i < w->npend; i++)
+		send_fevent(f->channel, w->pend[i].kind, w->pend[i].isdir, w->pend[i].path, w->pend[i].from);
+	wevent_clear(w);
+	w->flush_at = 0;
+	if (w->ended) {
+		send_fevent(f->channel, 'x', 1, w->root, NULL);
+		fop_free(f);
+	}
+}
+
+static void handle_fwatch(uint32_t ch, struct rd r)
+{
+	uint32_t flags;
+	char path[PATH_MAXLEN];
+	if (rd_u32(&r, &flags)) {
+		conn_fail("malformed FWATCH");
+		return;
+	}
+	if (read_path(ch, &r, path, "watch"))
+		return;
+	struct stat st;
+	if (lstat(path, &st) != 0) {
+		send_error(ch, errno, "watch %s", path);
+		return;
+	}
+	if (!S_ISDIR(st.st_mode)) {
+		send_error(ch, S_ISLNK(st.st_mode) ? ELOOP : ENOTDIR, "watch %s", path);
+		return;
+	}
+	if (g_watch_count >= WATCH_MAX_OPS) {
+		send_error(ch, EMFILE, "watch %s: too many watches", path);
+		return;
+	}
+	int ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	struct watch *w = ifd >= 0 ? calloc(1, sizeof *w) : NULL;
+	char *root = w ? strdup(path) : NULL;
+	if (!root) {
+		int e = ifd < 0 ? errno : ENOMEM;
+		if (ifd >= 0)
+			close(ifd);
+		free(w);
+		send_error(ch, e, "watch %s", path);
+		return;
+	}
+	g_watch_count++;
+	w->root = root;
+	w->recursive = (flags & 1) != 0;
+	struct fop *f = fop_new(ch, FOP_WATCH);
+	if (!f) {
+		close(ifd);
+		watch_free(w);
+		return;
+	}
+	f->fd = ifd;
+	f->watch = w;
+	errno = 0;
+	if (watch_add_dir(w, ifd, path) < 0) {
+		send_error(ch, errno ? errno : ENOSPC, "watch %s", path);
+		fop_free(f);
+		return;
+	}
+	w->root_wd = w->dirs[0].wd;
+	if (w->recursive)
+		watch_scan(w, ifd, path, 0, 0);
+	send_fevent(ch, 'r', 1, path, NULL);
+}
+
 /* One step of a streaming operation (FREAD, FLIST); frees the op when it is done. */
 static void fop_step(struct fop *f)
 {
+	if (f->kind == FOP_WALK) {
+		walk_step(f);
+		return;
+	}
 	if (f->kind == FOP_READ) {
 		size_t room;
 		unsigned char *p = q_reserve(HDR + 4096, HDR + FILE_CHUNK, &room);
@@ -1589,7 +2367,8 @@ static int is_new_op(unsigned type)
 {
 	switch (type) {
 	case T_EXEC: case T_PS: case T_KILLPID: case T_PING: case T_FREAD: case T_FWRITE_BEGIN:
-	case T_FLIST: case T_FDELETE: case T_FSTAT: case T_FMKDIR:
+	case T_FLIST: case T_FDELETE: case T_FSTAT: case T_FMKDIR: case T_FRENAME: case T_FWATCH:
+	case T_FWALK:
 		return 1;
 	}
 	return 0;
@@ -1626,6 +2405,9 @@ static void handle_frame(unsigned type, uint32_t ch, const unsigned char *p, siz
 	case T_FDELETE: handle_fdelete(ch, r); break;
 	case T_FSTAT: handle_fstat(ch, r); break;
 	case T_FMKDIR: handle_fmkdir(ch, r); break;
+	case T_FRENAME: handle_frename(ch, r); break;
+	case T_FWATCH: handle_fwatch(ch, r); break;
+	case T_FWALK: handle_fwalk(ch, r); break;
 	default: conn_fail("unknown frame type"); break;
 	}
 }
@@ -1882,10 +2664,11 @@ static void setup_signals(void)
 }
 
 /* ---- main loop ---- */
-enum { K_SIG, K_SOCK, K_OUT, K_ERR, K_IN };
+enum { K_SIG, K_SOCK, K_OUT, K_ERR, K_IN, K_WATCH };
 struct slot {
 	int kind;
 	struct exec *e;
+	struct fop *f;
 };
 static struct pollfd *g_pfd;
 static struct slot *g_slot;
@@ -1910,14 +2693,20 @@ static int poll_add(size_t *n, int fd, short events, int kind, struct exec *e)
 	g_pfd[*n].revents = 0;
 	g_slot[*n].kind = kind;
 	g_slot[*n].e = e;
+	g_slot[*n].f = NULL;
 	(*n)++;
 	return 0;
+}
+
+static int is_stream(const struct fop *f)
+{
+	return f->kind == FOP_READ || f->kind == FOP_LIST || f->kind == FOP_WALK;
 }
 
 static int streams_pending(void)
 {
 	for (struct fop *f = g_fops; f; f = f->next)
-		if (f->kind != FOP_WRITE)
+		if (is_stream(f))
 			return 1;
 	return 0;
 }
@@ -1926,9 +2715,38 @@ static void run_streams(void)
 {
 	for (struct fop *f = g_fops, *next; f && online() && q_bytes < OUT_SOFT; f = next) {
 		next = f->next;
-		if (f->kind != FOP_WRITE)
+		if (is_stream(f))
 			fop_step(f);
 	}
+}
+
+/* Sends the watches' coalesced events whose window has passed; returns the ms until the
+ * next one is due (-1: none). */
+static int64_t run_watches(uint64_t now)
+{
+	int64_t wait = -1;
+	for (struct fop *f = g_fops, *next; f; f = next) {
+		next = f->next;
+		if (f->kind != FOP_WATCH || !f->watch->flush_at)
+			continue;
+		if (now >= f->watch->flush_at) {
+			if (online() && q_bytes < OUT_SOFT)
+				watch_flush(f); /* may free f */
+			continue; /* else the socket's POLLOUT wakes the loop */
+		}
+		int64_t d = (int64_t)(f->watch->flush_at - now);
+		if (wait < 0 || d < wait)
+			wait = d;
+	}
+	return wait;
+}
+
+static struct fop *fop_by_fd(int fd, const struct fop *hint)
+{
+	for (struct fop *f = g_fops; f; f = f->next)
+		if (f == hint && f->fd == fd && f->kind == FOP_WATCH)
+			return f;
+	return NULL;
 }
 
 static void loop(void)
@@ -1955,6 +2773,9 @@ static void loop(void)
 		}
 		if (online()) {
 			run_streams();
+			int64_t w = run_watches(now);
+			if (w >= 0 && (timeout < 0 || w < timeout))
+				timeout = w;
 			if (!inbound_paused() && g_in_len >= 4)
 				process_inbound();
 			q_flush();
@@ -1990,6 +2811,13 @@ static void loop(void)
 				ok = poll_add(&n, e->err_fd, POLLIN, K_ERR, e) == 0;
 			if (ok && e->in_fd >= 0 && e->in_len > e->in_off)
 				ok = poll_add(&n, e->in_fd, POLLOUT, K_IN, e) == 0;
+		}
+		for (struct fop *f = g_fops; ok && f; f = f->next) {
+			if (f->kind != FOP_WATCH || f->fd < 0)
+				continue;
+			ok = poll_add(&n, f->fd, POLLIN, K_WATCH, NULL) == 0;
+			if (ok)
+				g_slot[n - 1].f = f;
 		}
 		if (!ok && timeout < 0)
 			timeout = 10; /* out of memory for the poll set: keep going, retry soon */
@@ -2032,6 +2860,13 @@ static void loop(void)
 				if (e->in_fd == p->fd)
 					stdin_flush(e);
 				break;
+			case K_WATCH: {
+				/* A CANCEL handled earlier in this round may have freed it. */
+				struct fop *f = fop_by_fd(p->fd, g_slot[i].f);
+				if (f)
+					watch_readable(f);
+				break;
+			}
 			}
 		}
 		exec_sweep();

@@ -27,7 +27,9 @@ try {
   const avail0 = memAvailable();
   const ids = [];
   for (let i = 0; i < COUNT; i++) {
-    const s = await c.call('POST', '/v1/sandboxes', { template: 'tiny', timeoutSeconds: 600 });
+    // 256 MiB of disk each: 100 default (1 GiB) quotas would not fit a data dir's storage budget
+    // (64 GiB, at most half the free disk), and a sandbox is admitted only with its whole quota.
+    const s = await c.call('POST', '/v1/sandboxes', { template: 'tiny', timeoutSeconds: 600, resources: { diskMiB: 256 } });
     if (s.status !== 201) throw new Error(JSON.stringify(s.body));
     await c.call('POST', `/v1/sandboxes/${s.body.id}/exec`, { cmd: ['true'] });
     ids.push(s.body.id);

@@ -3,6 +3,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { TemplateStore } from '../packages/engine/dist/src/template/template-store.js';
 
 export const TEMPLATES_DIR = process.env.AIRLOCK_TEMPLATES_DIR ?? '/var/lib/airlock/templates';
 export const REPO = new URL('..', import.meta.url).pathname;
@@ -32,7 +33,8 @@ export function makeRawRuncBundle() {
   const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-raw-'));
   execFileSync('runc', ['spec', '--bundle', dir]);
   const spec = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
-  spec.root = { path: join(TEMPLATES_DIR, 'tiny', 'rootfs'), readonly: true };
+  // The bottom layer of `tiny` holds busybox; a plain bundle takes one directory, not a stack.
+  spec.root = { path: new TemplateStore(TEMPLATES_DIR).require('tiny').layers.at(-1), readonly: true };
   spec.process.terminal = false;
   spec.process.args = ['/bin/true'];
   writeFileSync(join(dir, 'config.json'), JSON.stringify(spec));

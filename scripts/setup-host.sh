@@ -13,7 +13,8 @@ command -v apt-get >/dev/null || die "apt-get not found: Airlock's setup support
 export DEBIAN_FRONTEND=noninteractive
 
 # --- Debian packages ---------------------------------------------------------------
-readonly PACKAGES=(runc nftables debootstrap iproute2 busybox-static uidmap
+# e2fsprogs: mkfs.ext4 formats sandbox layers and volumes (each its own ext4 on a loop device).
+readonly PACKAGES=(runc nftables debootstrap iproute2 busybox-static uidmap e2fsprogs
                    build-essential gcc make libc6-dev ca-certificates)
 
 is_installed() {

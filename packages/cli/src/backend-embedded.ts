@@ -1,7 +1,9 @@
 /** Backend over the engine in this process: no daemon needed. */
 import { Engine } from '@airlock/engine';
 import type { AirlockEngine, Caller } from '@airlock/engine';
-import type { Backend, StreamHandlers, StreamExit } from './backend.js';
+import { EngineFileTransfer } from './file-transfer.js';
+import type { Backend, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
+import type { MountPolicy } from '@airlock/engine';
 import type {
   ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
 } from './backend.js';
@@ -14,6 +16,9 @@ export interface EmbeddedOptions {
   dnsUpstream?: string;
   /** Where templates live when not under the data dir (AIRLOCK_TEMPLATES_DIR). */
   templatesDir?: string;
+  /** What host paths sandboxes may bind (airlock serve --mount-allow, --no-rw-mounts). */
+  mountPolicy?: MountPolicy;
+  storageSizeGiB?: number;
 }
 
 export async function openEngine(opts: EmbeddedOptions): Promise<AirlockEngine> {
@@ -21,14 +26,19 @@ export async function openEngine(opts: EmbeddedOptions): Promise<AirlockEngine> 
     dataDir: opts.dataDir,
     ...(opts.templatesDir ? { templatesDir: opts.templatesDir } : {}),
     ...(opts.dnsUpstream ? { dnsUpstream: opts.dnsUpstream } : {}),
+    ...(opts.mountPolicy ? { mountPolicy: opts.mountPolicy } : {}),
+    ...(opts.storageSizeGiB ? { storageSizeGiB: opts.storageSizeGiB } : {}),
   });
 }
 
 export class EmbeddedBackend implements Backend {
   readonly description: string;
 
+  readonly files: EngineFileTransfer;
+
   private constructor(private readonly engine: AirlockEngine, dataDir: string) {
     this.description = `embedded engine (${dataDir})`;
+    this.files = new EngineFileTransfer(engine, ADMIN);
   }
 
   static async open(opts: EmbeddedOptions): Promise<EmbeddedBackend> {
@@ -89,8 +99,38 @@ export class EmbeddedBackend implements Backend {
     return this.engine.listDir(ADMIN, id, path);
   }
 
+  createVolume(input: { name: string; sizeMiB: number }): Promise<VolumeInfo> {
+    return this.engine.createVolume(ADMIN, input);
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    return this.engine.listVolumes(ADMIN);
+  }
+
+  async getVolume(name: string): Promise<VolumeInfo> {
+    return this.engine.getVolume(ADMIN, name);
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    return this.engine.deleteVolume(ADMIN, name);
+  }
+
   async listTemplates(): Promise<TemplateInfo[]> {
     return this.engine.listTemplates();
+  }
+
+  buildTemplate(name: string, req: TemplateBuildRequest): Promise<TemplateInfo> {
+    return this.engine.buildTemplate(name, {
+      ...(req.file !== undefined ? { file: req.file } : {}), ...(req.force ? { force: true } : {}), log: req.onLog,
+    });
+  }
+
+  importTemplate(name: string, tarball: string): Promise<TemplateInfo> {
+    return this.engine.importTemplate(name, tarball);
+  }
+
+  removeTemplate(name: string): Promise<void> {
+    return this.engine.removeTemplate(name);
   }
 
   close(): Promise<void> {

@@ -1,6 +1,10 @@
 /** Backend over airlockd's REST API (AIRLOCK_URL, or the local default daemon). */
 import { ApiClient } from '@airlock/sdk';
-import type { Backend, StreamHandlers, StreamExit } from './backend.js';
+import { ApiFileTransfer } from './file-transfer.js';
+import { createReadStream } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import type { Backend, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
 import type {
   ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
 } from './backend.js';
@@ -12,7 +16,10 @@ export class RemoteBackend implements Backend {
   constructor(url: string, apiKey: string | undefined) {
     this.description = url;
     this.client = new ApiClient({ url, apiKey });
+    this.files = new ApiFileTransfer(this.client);
   }
+
+  readonly files: ApiFileTransfer;
 
   createSandbox(input: SandboxSpecInput): Promise<SandboxInfo> {
     return this.client.createSandbox(input);
@@ -67,8 +74,40 @@ export class RemoteBackend implements Backend {
     return this.client.listDir(id, path);
   }
 
+  createVolume(input: { name: string; sizeMiB: number }): Promise<VolumeInfo> {
+    return this.client.createVolume(input);
+  }
+
+  listVolumes(): Promise<VolumeInfo[]> {
+    return this.client.listVolumes();
+  }
+
+  getVolume(name: string): Promise<VolumeInfo> {
+    return this.client.getVolume(name);
+  }
+
+  deleteVolume(name: string): Promise<void> {
+    return this.client.deleteVolume(name);
+  }
+
   listTemplates(): Promise<TemplateInfo[]> {
     return this.client.listTemplates();
+  }
+
+  async buildTemplate(name: string, req: TemplateBuildRequest): Promise<TemplateInfo> {
+    // The daemon cannot read this machine's files: the recipe travels as text (so it may not copy files).
+    const body = req.file !== undefined ? { recipe: await readFile(req.file, 'utf8') } : { builtin: true as const };
+    return this.client.buildTemplate(name, { ...body, ...(req.force ? { force: true } : {}) }, { onLog: (l) => req.onLog(l) });
+  }
+
+  async importTemplate(name: string, tarball: string): Promise<TemplateInfo> {
+    await stat(tarball); // a missing file is this machine's error, before any request
+    const body = Readable.toWeb(createReadStream(tarball)) as unknown as ReadableStream<Uint8Array>;
+    return this.client.importTemplate(name, body);
+  }
+
+  removeTemplate(name: string): Promise<void> {
+    return this.client.removeTemplate(name);
   }
 
   async close(): Promise<void> {

@@ -7,6 +7,8 @@ import type {
   SandboxSpecInput, SandboxState,
 } from '@airlock/engine';
 
+import type { VolumeInfo } from '@airlock/engine';
+export type { VolumeInfo };
 export type { DoctorCheck, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState };
 
 /** A template as both backends report it (a remote daemon shows `path` only to admins). */
@@ -15,6 +17,17 @@ export interface TemplateInfo {
   path?: string;
   sizeBytes: number | null;
   createdAt: string;
+  digest: string | null;
+  layers: number;
+  inUse: number;
+}
+
+export interface TemplateBuildRequest {
+  /** A recipe file; none: the built-in recipe of that name. */
+  file?: string;
+  force?: boolean;
+  /** Progress lines as the build goes. */
+  onLog(line: string): void;
 }
 
 /** Live output of a streamed exec. Embedded mode hands raw bytes, remote mode decoded text. */
@@ -51,8 +64,18 @@ export interface Backend {
   readFile(id: string, path: string): Promise<Uint8Array>;
   writeFile(id: string, path: string, data: Uint8Array, opts?: { mode?: number }): Promise<void>;
   listDir(id: string, path: string): Promise<FileEntry[]>;
+  /** Streamed transfers, stat, mkdir, rename, watch, outputs. */
+  readonly files: import('./file-transfer.js').FileTransfer;
+
+  createVolume(input: { name: string; sizeMiB: number }): Promise<VolumeInfo>;
+  listVolumes(): Promise<VolumeInfo[]>;
+  getVolume(name: string): Promise<VolumeInfo>;
+  deleteVolume(name: string): Promise<void>;
 
   listTemplates(): Promise<TemplateInfo[]>;
+  buildTemplate(name: string, req: TemplateBuildRequest): Promise<TemplateInfo>;
+  importTemplate(name: string, tarball: string): Promise<TemplateInfo>;
+  removeTemplate(name: string): Promise<void>;
 
   /** Releases the engine or connection; sandboxes keep running. */
   close(): Promise<void>;

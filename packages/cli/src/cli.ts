@@ -9,6 +9,8 @@ import {
   parseDnsUpstream, parseDurationSeconds, parseFileMode, parseListen, parsePositiveInt, parseSandboxPath,
   parseSignal, parseSizeMiB,
 } from './flags.js';
+import { collectMountPrefix, collectVolume, parseVolumeName } from './volume-flags.js';
+import { registerFileCommands } from './file-commands.js';
 
 /** Each action reports its exit status here; main exits with it after output is flushed. */
 export interface ActionResult {
@@ -47,8 +49,10 @@ function addSandboxOptions(cmd: Command): Command {
       )
       .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all; this build has no egress proxy yet and refuses a non-empty allowlist)', collectAllowHost)
       .option('--mount <spec>', 'bind HOSTPATH:PATH[:ro|rw] into the sandbox, read-only by default (repeatable)', collectMount)
+      .option('--volume <spec>', 'attach volume NAME:PATH[:ro|rw], read-only by default; one rw user at a time (repeatable; see `airlock volume`)', collectVolume)
       .option('--env <K=V>', 'environment variable; a bare K copies it from here (repeatable)', collectEnv)
       .option('--workdir <dir>', 'working directory inside the sandbox (default /work)', (v: string) => parseSandboxPath(v, '--workdir'))
+      .option('--output-path <dir>', 'where the sandbox\'s outputs are collected from (default /work/out)', (v: string) => parseSandboxPath(v, '--output-path'))
       .option('--label <K=V>', 'metadata to find the sandbox by (repeatable)', collectLabel)
       .option('--dns-upstream <ip:port>', 'DNS server the embedded engine asks for allowed names (default: the host resolver)', (v: string) =>
         parseDnsUpstream(v),
@@ -87,6 +91,10 @@ Environment:
     .addOption(new Option('--listen <host:port>', 'address to listen on').default('127.0.0.1:7070').argParser((v: string) => parseListen(v)))
     .option('--data-dir <dir>', 'where the database, admin key and sandboxes live', '/var/lib/airlock')
     .option('--dns-upstream <ip:port>', 'DNS server asked for allowed names (default: the host resolver)', (v: string) => parseDnsUpstream(v))
+    .option('--mount-allow <prefix>', 'host path under which --mount sources must lie, compared after resolving links (repeatable; default: anywhere but Airlock\'s own dirs)', collectMountPrefix)
+    .option('--no-rw-mounts', 'refuse read-write host mounts (read-only ones stay allowed)')
+    .option('--storage-size <size>', 'disk all sandboxes and volumes may claim together, e.g. 64g (default 64g; never more than half the free disk when the data dir was made)', (v: string) => parseSizeMiB(v, '--storage-size'))
+    .option('--max-upload <size>', 'largest file one upload may write, e.g. 2g (default 8g; uploads stream, so this bounds disk, not memory)', (v: string) => parseSizeMiB(v, '--max-upload'))
     .action((opts: Opts) => set(import('./commands/serve.js').then((m) => m.serveCommand(opts as never))));
 
   addSandboxOptions(
@@ -99,6 +107,7 @@ Environment:
     .option('--exec-timeout <duration>', 'kill the command after this long (exit 124)', (v: string) => parseDurationSeconds(v, '--exec-timeout'))
     .option('--no-stdin', 'do not forward this command\'s stdin (by default piped stdin is passed on)')
     .option('--json', 'print one JSON object {sandboxId, exitCode, stdout, stderr, durationMs, reason} instead of streaming')
+    .option('--outputs <local_dir>', 'after CMD exits, extract the sandbox\'s outputs (/work/out, or --output-path) into LOCAL_DIR')
     .addHelpText(
       'after',
       `
@@ -201,10 +210,56 @@ Examples:
       .argument('<path>', 'absolute path inside the sandbox')
       .option('--json', 'print JSON'),
   ).action((id: string, path: string, opts: Opts) => set(import('./commands/files.js').then((m) => m.lsCommand(id, path, opts))));
+  registerFileCommands(files, addDataDir, set);
 
   const template = program.command('template').description('root filesystems sandboxes start from');
-  addDataDir(template.command('ls').description('list templates').option('--json', 'print JSON')).action((opts: Opts) =>
+  addDataDir(template.command('ls').description('list templates with digest, size and how many sandboxes use each').option('--json', 'print JSON')).action((opts: Opts) =>
     set(import('./commands/templates.js').then((m) => m.templateListCommand(opts))),
+  );
+  addDataDir(
+    template
+      .command('build')
+      .description('build a template from a recipe (YAML): debootstrap or busybox, packages, files, run steps, env, workdir; unchanged layers are reused')
+      .argument('<name>', 'template name (base and tiny have built-in recipes)')
+      .option('--file <recipe.yaml>', 'the recipe; files it copies are read from its directory (default: the built-in recipe of NAME)')
+      .option('--force', 'rebuild even when the recipe is unchanged')
+      .option('--json', 'print the template as JSON (progress goes to stderr)')
+      .addHelpText('after', '\nExample:\n  $ airlock template build py --file py.yaml   # py.yaml: packages: [python3-numpy]\n  $ airlock template build base'),
+  ).action((name: string, opts: Opts) => set(import('./commands/templates.js').then((m) => m.templateBuildCommand(name, opts))));
+  addDataDir(
+    template
+      .command('import')
+      .description('import an OCI image layout or `docker save` tarball (layers applied in order, whiteouts honoured)')
+      .argument('<name>', 'template name')
+      .argument('<image.tar>', 'the tarball, plain or gzip')
+      .option('--json', 'print the template as JSON'),
+  ).action((name: string, tarball: string, opts: Opts) => set(import('./commands/templates.js').then((m) => m.templateImportCommand(name, tarball, opts))));
+  addDataDir(
+    template
+      .command('rm')
+      .description('remove a template (refused while sandboxes use it); layers nothing else uses are deleted')
+      .argument('<name>', 'template name'),
+  ).action((name: string, opts: Opts) => set(import('./commands/templates.js').then((m) => m.templateRemoveCommand(name, opts))));
+
+  const volume = program.command('volume').description('named volumes: storage with its own quota that outlives sandboxes');
+  addDataDir(
+    volume
+      .command('create')
+      .description('create a volume; attach it with --volume NAME:PATH[:rw] on run or sandbox create')
+      .argument('<name>', 'volume name (lowercase letters, digits, . _ -)', (v: string) => parseVolumeName(v))
+      .requiredOption('--size <size>', 'its quota, e.g. 1g, 500m', (v: string) => parseSizeMiB(v, '--size'))
+      .option('--json', 'print the volume as JSON'),
+  )
+    .addHelpText('after', '\nExample:\n  $ airlock volume create results --size 1g\n  $ airlock run --volume results:/work/out:rw -- sh -c \'date > /work/out/when\'')
+    .action((name: string, opts: Opts) => set(import('./commands/volumes.js').then((m) => m.volumeCreateCommand(name, opts as never))));
+  addDataDir(volume.command('ls').description('list volumes with size, use and attachments').option('--json', 'print JSON')).action((opts: Opts) =>
+    set(import('./commands/volumes.js').then((m) => m.volumeListCommand(opts))),
+  );
+  addDataDir(volume.command('get').description('print a volume as JSON').argument('<name>', 'volume name')).action((name: string, opts: Opts) =>
+    set(import('./commands/volumes.js').then((m) => m.volumeGetCommand(name, opts))),
+  );
+  addDataDir(volume.command('rm').description('delete volumes and their data (refused while a sandbox has one attached)').argument('<name...>', 'volume names')).action(
+    (names: string[], opts: Opts) => set(import('./commands/volumes.js').then((m) => m.volumeRemoveCommand(names, opts))),
   );
 
   program

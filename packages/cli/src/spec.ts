@@ -1,6 +1,7 @@
 /** The sandbox flags shared by `run` and `sandbox create`, already parsed by commander, → the API's SandboxSpecInput. */
 import type { SandboxSpecInput } from './backend.js';
 import type { MountFlag } from './flags.js';
+import type { VolumeFlag } from './volume-flags.js';
 
 export interface SandboxFlags {
   runtime?: 'container' | 'gvisor' | 'microvm';
@@ -12,8 +13,10 @@ export interface SandboxFlags {
   timeout?: number;
   allowHost?: string[];
   mount?: MountFlag[];
+  volume?: VolumeFlag[];
   env?: Record<string, string>;
   workdir?: string;
+  outputPath?: string;
   label?: Record<string, string>;
   json?: boolean;
   dataDir?: string;
@@ -34,8 +37,10 @@ export function specFromFlags(f: SandboxFlags): SandboxSpecInput {
   if (f.timeout !== undefined) spec.timeoutSeconds = f.timeout;
   if (f.allowHost && f.allowHost.length > 0) spec.network = { allow: [...new Set(f.allowHost)] };
   if (f.mount && f.mount.length > 0) spec.mounts = f.mount;
+  if (f.volume && f.volume.length > 0) spec.volumes = f.volume;
   if (f.env && Object.keys(f.env).length > 0) spec.env = f.env;
   if (f.workdir !== undefined) spec.workdir = f.workdir;
+  if (f.outputPath !== undefined) spec.outputPath = f.outputPath;
   if (f.label && Object.keys(f.label).length > 0) spec.metadata = f.label;
   return spec;
 }

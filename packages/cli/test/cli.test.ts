@@ -201,8 +201,8 @@ describe('spec from flags', () => {
 describe('exit status of a command', () => {
   const sandbox = (over: Partial<SandboxInfo>): SandboxInfo => ({
     id: 'sbx', tenant: 'default', state: 'running', runtime: 'container', template: 'tiny',
-    resources: { cpus: 1, memoryMiB: 64, diskMiB: 1024, pids: 256 }, network: { allow: [], deny: [] }, mounts: [],
-    workdir: '/work', metadata: {}, createdAt: '2025-01-01T00:00:00.000Z', startedAt: null, endedAt: null,
+    resources: { cpus: 1, memoryMiB: 64, diskMiB: 1024, pids: 256 }, network: { allow: [], deny: [] }, mounts: [], volumes: [],
+    workdir: '/work', outputPath: '/work/out', metadata: {}, createdAt: '2025-01-01T00:00:00.000Z', startedAt: null, endedAt: null,
     expiresAt: '2025-01-01T00:00:30.000Z', reason: null, ...over,
   });
   it('passes the command\'s own status through', () => {

@@ -306,7 +306,7 @@ describe('airlock sandbox and files (embedded, one process per command)', () => 
   it('template ls lists the templates', () => {
     const r = airlock(['template', 'ls', '--data-dir', dataDir]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^NAME +SIZE +CREATED\n/);
+    assert.match(r.stdout, /^NAME +DIGEST +LAYERS +SIZE +IN USE +CREATED\n/);
     assert.match(r.stdout, /\ntiny +/);
   });
 });

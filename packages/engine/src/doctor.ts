@@ -42,6 +42,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     ['uid-range', checkUidRange],
     ['userns', checkUserNamespaces],
     ['overlayfs', checkOverlayfs],
+    ['disk-images', checkDiskImages],
     ['nftables', checkNftables],
     ['kvm', checkKvm],
     ['templates', () => checkTemplates(opts.templatesDir)],
@@ -274,6 +275,15 @@ function checkOverlayfs(): DoctorCheck {
   return existsSync(moduleDir)
     ? check('overlayfs', true, `overlay module present in ${moduleDir} (the kernel loads it at the first mount)`)
     : check('overlayfs', false, 'overlay is neither in /proc/filesystems nor available as a module');
+}
+
+/** Sandbox layers and volumes are ext4 images on loop devices (storage/ext4-image.ts). */
+function checkDiskImages(): DoctorCheck {
+  const mkfs = findExecutable('mkfs.ext4');
+  if (!mkfs) return check('disk-images', false, 'mkfs.ext4 not installed (apt-get install e2fsprogs): sandboxes need it for their disks');
+  if (!existsSync('/dev/loop-control')) return check('disk-images', false, '/dev/loop-control is missing: no loop devices (modprobe loop)');
+  if (!/\text4$/m.test(readFileSync('/proc/filesystems', 'utf8'))) return check('disk-images', false, 'ext4 is not in /proc/filesystems');
+  return check('disk-images', true, `${mkfs}, /dev/loop-control and ext4 present: disk quotas are real file systems`);
 }
 
 async function checkNftables(): Promise<DoctorCheck> {

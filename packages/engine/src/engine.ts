@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, realpathSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentLink, type AgentExit } from './agent/agent-link.js';
@@ -11,21 +11,34 @@ import type {
 import { AirlockError, badRequest, conflict, notFound } from './errors.js';
 import { cgroupMode, childCgroups, removeCgroup } from './runtime/cgroups.js';
 import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
-import type { RuntimeDriver } from './runtime/driver.js';
+import { rootfsHelper } from './runtime/rootfs.js';
+import type { RuntimeDriver, SandboxLaunch } from './runtime/driver.js';
 import { mapAgentError } from './sandbox/agent-errors.js';
 import { parseExec } from './sandbox/exec-schema.js';
 import { parseSpec, MAX_TIMEOUT_SECONDS } from './sandbox/spec.js';
+import { DiskWatch } from './storage/disk-watch.js';
+import { MountPolicyChecker, PolicyDeniedError, type MountPolicy } from './storage/mount-policy.js';
+import { StoragePool } from './storage/storage-pool.js';
+import { VolumeStore } from './storage/volumes.js';
 import { assertTransition, isLive, isTerminal } from './sandbox/state-machine.js';
 import { openDb, type Db } from './store/db.js';
 import { KeyRepository } from './store/key-repo.js';
 import { SqliteSandboxRepository, toSandboxInfo, type SandboxRecord, type SandboxRepository } from './store/sandbox-repo.js';
 import { TemplateStore } from './template/template-store.js';
+import { buildTemplate, importTemplate, removeTemplate } from './template/index.js';
+import type { TemplateBuildOptions, TemplateImportOptions } from './engine-api.js';
+import type { Readable } from 'node:stream';
 import type {
   AuditEvent, ExecHandlers, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo,
   RuntimeName, SandboxInfo, SandboxSpecInput, SandboxState,
 } from './types.js';
+import type { CreateVolumeInput, VolumeInfo } from './types.js';
 import { newSandboxId, newToken, SANDBOX_ID_RE } from './util/ids.js';
 import { processAlive, processStartTime } from './util/proc.js';
+import { listOutputs, tarOutputs } from './files/outputs.js';
+import * as sandboxFiles from './files/sandbox-files.js';
+import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from './files/types.js';
+import { DEFAULT_OUTPUT_PATH } from './sandbox/spec.js';
 
 export interface EngineOptions {
   dataDir?: string;
@@ -35,6 +48,13 @@ export interface EngineOptions {
   dnsUpstream?: string;
   /** How long a new sandbox's agent may take to dial in. */
   startTimeoutMs?: number;
+  /**
+   * Disk all sandbox layers and volumes of this data dir may claim together (default 64), never
+   * more than half the host's free space when the data dir was made.
+   */
+  storageSizeGiB?: number;
+  /** What host paths sandboxes may bind (default: anything outside Airlock's own dirs, rw allowed). */
+  mountPolicy?: MountPolicy;
   log?: (level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
 }
 
@@ -95,6 +115,10 @@ export class Engine implements AirlockEngine {
   private readonly templates: TemplateStore;
   private readonly drivers: Map<RuntimeName, RuntimeDriver>;
   private readonly live = new Map<string, LiveSandbox>();
+  private readonly storage: StoragePool;
+  private readonly volumes: VolumeStore;
+  private readonly mountPolicy: MountPolicyChecker;
+  private readonly diskWatch: DiskWatch;
   private readonly agentBinary: string;
   private readonly startTimeoutMs: number;
   private readonly log: NonNullable<EngineOptions['log']>;
@@ -117,12 +141,26 @@ export class Engine implements AirlockEngine {
     this.templates = new TemplateStore(this.templatesDir);
     this.agentBinary = opts.agentBinary ?? process.env.AIRLOCK_AGENT_BINARY ?? defaultAgentBinary();
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
-    this.log = opts.log ?? (() => {});
+    this.log = opts.log ?? (process.env.AIRLOCK_DEBUG
+      ? (level, msg, data) => process.stderr.write(`airlock engine ${level}: ${msg} ${data ? JSON.stringify(data) : ''}\n`)
+      : () => {});
     this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir, this.agentBinary, ociRuntime())]]);
+    this.storage = StoragePool.open(this.dataDir, { sizeGiB: opts.storageSizeGiB });
+    this.volumes = new VolumeStore({
+      db: this.db, pool: this.storage, helper: rootfsHelper(this.agentBinary), events: this.events,
+      sandboxes: this.sandboxes, tx: (fn) => this.tx(fn), log: this.log,
+    });
+    // Never bindable: the data dir, the templates, and the agent and rootfs helper binaries.
+    this.mountPolicy = new MountPolicyChecker(opts.mountPolicy, [this.dataDir, this.templatesDir, dirname(this.agentBinary)]);
+    this.diskWatch = new DiskWatch((sandbox, data) => {
+      const rec = this.sandboxes.get(sandbox);
+      if (rec) this.events.append({ tenant: rec.tenant, sandbox, type: 'limit.disk', data: { ...data } });
+    });
   }
 
   static async open(opts: EngineOptions = {}): Promise<Engine> {
     const engine = new Engine(opts);
+    await engine.volumes.reattach();
     await engine.reconcile();
     engine.startReaper();
     return engine;
@@ -142,7 +180,17 @@ export class Engine implements AirlockEngine {
       throw new AirlockError('policy_denied', 'network egress is not available on this installation: sandboxes run with loopback only; remove network.allow');
     }
     const template = this.templates.require(spec.template);
-    spec.mounts = spec.mounts.map((m, i) => checkMount(m, i));
+    // The template's working directory unless the caller chose one.
+    if ((input as SandboxSpecInput | undefined)?.workdir === undefined) spec.workdir = template.workdir;
+    const tenant = caller.tenant ?? DEFAULT_TENANT;
+    try {
+      spec.mounts = this.mountPolicy.check(spec.mounts);
+    } catch (e) {
+      if (e instanceof PolicyDeniedError) this.events.append({ tenant, sandbox: null, type: 'policy.denied', data: { what: 'mount', ...e.detail } });
+      throw e;
+    }
+    spec.volumes = await this.volumes.prepare(tenant, spec.volumes);
+    const blankLayer = await this.storage.blankLayer(spec.resources.diskMiB);
     if (!existsSync(this.agentBinary)) {
       throw new AirlockError('unavailable', `the sandbox agent binary is missing (${this.agentBinary}); run npm run build`);
     }
@@ -150,7 +198,7 @@ export class Engine implements AirlockEngine {
     const now = Date.now();
     const rec: SandboxRecord = {
       id: newSandboxId(),
-      tenant: caller.tenant ?? DEFAULT_TENANT,
+      tenant,
       state: 'creating',
       spec,
       createdAt: now,
@@ -162,7 +210,11 @@ export class Engine implements AirlockEngine {
       ownerStart: this.ownerStart,
       agentToken: newToken(),
     };
+    let volumeBinds: SandboxLaunch['volumeBinds'] = [];
     this.tx(() => {
+      // Checked in the transaction that records the sandbox: a concurrent create or delete sees it.
+      this.volumes.admit(spec.resources.diskMiB, 'sandbox');
+      volumeBinds = this.volumes.checkAttach(tenant, spec.volumes);
       this.sandboxes.insert(rec);
       this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, metadata: spec.metadata } });
     });
@@ -177,7 +229,7 @@ export class Engine implements AirlockEngine {
       this.attach(rec.id, link, template.env);
       const ready = link.waitConnected(this.startTimeoutMs);
       ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
-      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready });
+      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds });
       await ready;
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
@@ -278,6 +330,7 @@ export class Engine implements AirlockEngine {
       live.execIds.delete(handle.channel);
     }
     const durationMs = Date.now() - started;
+    this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id));
     this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.exited', data: { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, stdoutBytes: out.total, stderrBytes: err.total } });
     const result: ExecResult = { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs, reason: exit.reason };
     if (out.truncated || err.truncated) result.truncated = true;
@@ -374,19 +427,26 @@ export class Engine implements AirlockEngine {
     }
   }
 
-  async writeFile(caller: Caller, id: string, path: string, data: Buffer, opts: { mode?: number } = {}): Promise<FileStat> {
+  async readFileStream(caller: Caller, id: string, path: string): Promise<AsyncIterable<Buffer>> {
+    return sandboxFiles.readFileStream(await this.fileContext(caller, id), path);
+  }
+
+  /** `data` may be a stream: it goes to the agent with backpressure, never gathered here. */
+  async writeFile(caller: Caller, id: string, path: string, data: FileData, opts: { mode?: number } = {}): Promise<FileStat> {
     const { rec, live } = await this.ready(caller, id);
     checkPath(path);
     const mode = opts.mode ?? 0o644;
     if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw badRequest('mode: must be an octal permission (0..07777)', 'mode');
+    const chunks = sandboxFiles.toChunks(data);
     try {
-      const st = await live.link.writeFile(path, data, { mode, mkdirs: true });
+      // The agent applies the permission bits (mode & 0777) exactly.
+      const st = await live.link.writeFile(path, chunks, { mode: mode & 0o777, mkdirs: true });
       this.events.append({ tenant: rec.tenant, sandbox: id, type: 'file.written', data: { path, size: st.size } });
       return { type: st.type, size: st.size, mode: st.mode, mtime: new Date(st.mtimeSec * 1000).toISOString() };
     } catch (e) {
       const mapped = mapAgentError(e, path);
       if (e instanceof Error && (e as { errno?: number }).errno === 28) {
-        this.events.append({ tenant: rec.tenant, sandbox: id, type: 'limit.disk', data: { path, limitMiB: rec.spec.resources.diskMiB } });
+        this.diskWatch.observe(id, rec.spec.resources.diskMiB, this.drivers.get(rec.spec.runtime)!.diskUsage(id), true);
       }
       throw mapped;
     }
@@ -426,10 +486,88 @@ export class Engine implements AirlockEngine {
     this.events.append({ tenant: rec.tenant, sandbox: id, type: 'file.deleted', data: { path, recursive: opts.recursive ?? false } });
   }
 
+  async makeDir(caller: Caller, id: string, path: string, opts: { parents?: boolean; mode?: number } = {}): Promise<FileStat> {
+    return sandboxFiles.makeDir(await this.fileContext(caller, id), path, opts);
+  }
+
+  async renamePath(caller: Caller, id: string, from: string, to: string, opts: { overwrite?: boolean } = {}): Promise<FileStat> {
+    return sandboxFiles.renamePath(await this.fileContext(caller, id), from, to, opts);
+  }
+
+  async watchFiles(
+    caller: Caller, id: string, path: string, opts: { recursive?: boolean },
+    onEvent: (e: FileWatchEvent) => void, signal?: AbortSignal,
+  ): Promise<FileWatchHandle> {
+    return sandboxFiles.watchFiles(await this.fileContext(caller, id), path, opts, onEvent, signal);
+  }
+
+  async outputsTar(caller: Caller, id: string): Promise<import('node:stream').Readable> {
+    return tarOutputs(await this.fileContext(caller, id));
+  }
+
+  async outputsList(caller: Caller, id: string): Promise<OutputsListing> {
+    return listOutputs(await this.fileContext(caller, id));
+  }
+
+  // ---- volumes ---------------------------------------------------------------------------
+
+  createVolume(caller: Caller, input: CreateVolumeInput): Promise<VolumeInfo> {
+    this.assertOpen();
+    return this.volumes.create(caller.tenant ?? DEFAULT_TENANT, input);
+  }
+
+  listVolumes(caller: Caller): VolumeInfo[] {
+    this.assertOpen();
+    return this.volumes.list(caller.tenant);
+  }
+
+  getVolume(caller: Caller, name: string): VolumeInfo {
+    this.assertOpen();
+    return this.volumes.get(caller.tenant ?? DEFAULT_TENANT, name);
+  }
+
+  deleteVolume(caller: Caller, name: string): Promise<void> {
+    this.assertOpen();
+    return this.volumes.delete(caller.tenant ?? DEFAULT_TENANT, name);
+  }
+
+  /**
+   * Unmounts the volumes no live sandbox uses, so the data dir holds no mounts or loop devices
+   * (tests, uninstall). Volumes keep their data and are mounted again when next needed.
+   */
+  shutdownStorage(): Promise<void> {
+    return this.volumes.detachAll();
+  }
+
   // ---- misc ------------------------------------------------------------------------------
 
   listTemplates(): TemplateInfo[] {
-    return this.templates.list();
+    const use = this.templateUse();
+    return this.templates.list().map((t) => ({ ...t, inUse: use.get(t.name) ?? 0 }));
+  }
+
+  async buildTemplate(name: string, opts: TemplateBuildOptions = {}): Promise<TemplateInfo> {
+    this.assertOpen();
+    const t = await buildTemplate(this.templatesDir, name, opts);
+    return { ...t, inUse: this.templateUse().get(name) ?? 0 };
+  }
+
+  async importTemplate(name: string, source: string | Readable, opts: TemplateImportOptions = {}): Promise<TemplateInfo> {
+    this.assertOpen();
+    const t = await importTemplate(this.templatesDir, name, source, opts);
+    return { ...t, inUse: this.templateUse().get(name) ?? 0 };
+  }
+
+  async removeTemplate(name: string): Promise<void> {
+    this.assertOpen();
+    await removeTemplate(this.templatesDir, name, { inUse: this.templateUse().get(name) ?? 0 });
+  }
+
+  /** Live sandboxes per template name (this store's; other data dirs sharing the templates keep theirs mounted). */
+  private templateUse(): Map<string, number> {
+    const use = new Map<string, number>();
+    for (const r of this.sandboxes.list({ states: ['creating', 'running', 'paused'] })) use.set(r.spec.template, (use.get(r.spec.template) ?? 0) + 1);
+    return use;
   }
 
   listEvents(caller: Caller, filter: EventFilter = {}): AuditEvent[] {
@@ -517,6 +655,17 @@ export class Engine implements AirlockEngine {
     return r;
   }
 
+  /** What the file operations (files/) need of a running, reachable sandbox. */
+  private async fileContext(caller: Caller, id: string): Promise<sandboxFiles.FileContext> {
+    const { rec, live } = await this.ready(caller, id);
+    return {
+      link: live.link,
+      sandbox: id,
+      outputPath: rec.spec.outputPath ?? DEFAULT_OUTPUT_PATH,
+      audit: (type, data) => { this.events.append({ tenant: rec.tenant, sandbox: id, type, data }); },
+    };
+  }
+
   private attach(id: string, link: AgentLink, templateEnv: string[]): LiveSandbox {
     const live: LiveSandbox = { id, link, ending: null, execIds: new Map(), templateEnv };
     this.live.set(id, live);
@@ -552,10 +701,15 @@ export class Engine implements AirlockEngine {
       try {
         await driver?.destroy(id);
       } catch (e) {
-        this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: (e as Error).message });
+        this.log('warn', 'sandbox cleanup failed; retrying', { sandbox: id, error: (e as Error).message });
+        await new Promise((r) => setTimeout(r, 250));
+        await driver?.destroy(id).catch((e2: Error) => {
+          this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: e2.message });
+        });
       }
       await live?.link.close().catch(() => {});
       this.live.delete(id);
+      this.diskWatch.forget(id);
       this.finish(id, state, reason);
     })();
     if (live) live.ending = { state, reason, execReason, done };
@@ -688,28 +842,6 @@ function checkPath(path: string): void {
   if (typeof path !== 'string' || !path.startsWith('/') || path.includes('\0') || Buffer.byteLength(path) > 4096) {
     throw badRequest('path: must be an absolute path without NUL, at most 4096 bytes', 'path');
   }
-}
-
-const RESERVED_TARGETS = ['/proc', '/sys', '/dev', '/run/airlock'];
-
-function checkMount(m: { source: string; target: string; readOnly: boolean }, i: number) {
-  const field = `mounts.${i}`;
-  if (m.source.split('/').includes('..') || m.target.split('/').includes('..')) {
-    throw badRequest(`${field}: paths must not contain ..`, field);
-  }
-  const target = m.target.replace(/\/+$/, '') || '/';
-  if (target === '/' || RESERVED_TARGETS.some((r) => target === r || target.startsWith(r + '/'))) {
-    throw badRequest(`${field}.target: ${m.target} is reserved`, `${field}.target`);
-  }
-  let source: string;
-  try {
-    // Resolve links now, so what is checked is what gets bound.
-    source = realpathSync(m.source);
-    statSync(source);
-  } catch {
-    throw badRequest(`${field}.source: ${m.source} does not exist on the host`, `${field}.source`);
-  }
-  return { source, target, readOnly: m.readOnly };
 }
 
 /**

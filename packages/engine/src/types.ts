@@ -26,6 +26,13 @@ export interface MountSpec {
   readOnly: boolean;
 }
 
+/** A named volume attached to a sandbox (read-only unless readOnly is false). */
+export interface VolumeMount {
+  name: string;
+  target: string;
+  readOnly: boolean;
+}
+
 export interface NetworkPolicy {
   allow: string[];
   deny: string[];
@@ -39,8 +46,11 @@ export interface SandboxSpecInput {
   timeoutSeconds?: number;
   network?: Partial<NetworkPolicy>;
   mounts?: MountSpec[];
+  volumes?: Array<{ name: string; target: string; readOnly?: boolean }>;
   env?: Record<string, string>;
   workdir?: string;
+  /** Where outputs are collected from after a run (default /work/out). */
+  outputPath?: string;
   metadata?: Record<string, string>;
 }
 
@@ -51,8 +61,10 @@ export interface SandboxSpec {
   timeoutSeconds: number;
   network: NetworkPolicy;
   mounts: MountSpec[];
+  volumes: VolumeMount[];
   env: Record<string, string>;
   workdir: string;
+  outputPath: string;
   metadata: Record<string, string>;
 }
 
@@ -65,7 +77,10 @@ export interface SandboxInfo {
   resources: Resources;
   network: NetworkPolicy;
   mounts: MountSpec[];
+  volumes: VolumeMount[];
   workdir: string;
+  /** Where outputs are collected from (GET …/outputs). */
+  outputPath: string;
   metadata: Record<string, string>;
   createdAt: string;
   startedAt: string | null;
@@ -139,4 +154,21 @@ export interface AuditEvent {
   data: Record<string, unknown>;
   prev: string;
   hash: string;
+}
+
+/** A named volume: storage with its own quota that outlives the sandboxes it is attached to. */
+export interface VolumeInfo {
+  name: string;
+  tenant: string;
+  sizeMiB: number;
+  /** Space in use now; null when the volume is not attached on this host (after shutdownStorage). */
+  usedMiB: number | null;
+  createdAt: string;
+  /** Live sandboxes it is attached to. */
+  attachments: Array<{ sandbox: string; target: string; readOnly: boolean }>;
+}
+
+export interface CreateVolumeInput {
+  name: string;
+  sizeMiB: number;
 }

@@ -37,7 +37,23 @@ export function hostLeftovers(dataDir: string, ids: string[]): string[] {
     }
     if (existsSync(join(dataDir, 'sandboxes', id))) left.push(`dir sandboxes/${id}`);
   }
+  for (const { device, file } of loopDevicesUnder(dataDir)) left.push(`loop ${device} ${file}`);
   return left;
+}
+
+/** Loop devices whose backing file lies under `dir` (sandbox layers, volumes), from sysfs. */
+export function loopDevicesUnder(dir: string): Array<{ device: string; file: string }> {
+  const found: Array<{ device: string; file: string }> = [];
+  for (const name of readdirSync('/sys/block').filter((n) => /^loop\d+$/.test(n))) {
+    let file: string;
+    try {
+      file = readFileSync(join('/sys/block', name, 'loop', 'backing_file'), 'utf8').trim();
+    } catch {
+      continue; // not bound
+    }
+    if (file.startsWith(dir + '/')) found.push({ device: `/dev/${name}`, file });
+  }
+  return found;
 }
 
 export function assertHostClean(dataDir: string, ids: string[]): void {
@@ -49,6 +65,7 @@ export async function closeAndClean(engine: Engine, dataDir: string, ids: string
   for (const s of engine.listSandboxes(caller)) {
     if (s.state === 'running' || s.state === 'paused' || s.state === 'creating') await engine.killSandbox(caller, s.id).catch(() => {});
   }
+  await engine.shutdownStorage(); // volumes' mounts and loop devices
   await engine.close();
   const left = hostLeftovers(dataDir, ids);
   removeDataDir(dataDir);
@@ -77,5 +94,8 @@ export function removeDataDir(dataDir: string): void {
   const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
     .map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(dataDir + '/')).sort((a, b) => b.length - a.length);
   for (const m of mounts) execFileSync('umount', ['-l', m]);
+  // Layers and volumes are auto-clearing loop devices, gone with their mounts; detach any a
+  // crash left bound (a lazily unmounted one detaches itself once its last user exits).
+  for (const { device } of loopDevicesUnder(dataDir)) execFileSync('losetup', ['-d', device]);
   rmSync(dataDir, { recursive: true, force: true });
 }

@@ -6,11 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from '../src/constants.js';
 import { AirlockError } from '../src/errors.js';
-import { buildTemplate, ensureTemplate } from '../src/template/build-template.js';
+import { buildTemplate, builtinRecipeDigest, ensureTemplate } from '../src/template/build-template.js';
 import { deb822Uris, hostDebianMirror, oneLineUris } from '../src/template/debian-mirror.js';
 import { mountsUnder, unmountUnder } from '../src/template/mounts-under.js';
 import { removeDeviceNodes, shiftOwnership, treeDiskUsage } from '../src/template/rootfs-tree.js';
 import { TemplateStore, validateTemplateName } from '../src/template/template-store.js';
+import { mergedView } from './templates-support.js';
 
 /** Shared across test runs on this machine, so debootstrap runs once per machine. */
 const SHARED_TEMPLATES = '/var/lib/airlock/templates';
@@ -33,87 +34,102 @@ function deadPid(): number {
   return Number(readFileSync('/proc/sys/kernel/pid_max', 'utf8').trim()) + 1;
 }
 
-test('tiny builds fast, with busybox, the usual dirs and shifted ownership', async (t) => {
+test('tiny builds fast: busybox layer, finalize layer, shifted ownership', async (t) => {
   const dir = tmpDir(t, 'tiny');
   const started = Date.now();
   const info = await buildTemplate(dir, 'tiny');
   const elapsed = Date.now() - started;
   assert.ok(elapsed < 5_000, `tiny took ${elapsed} ms`);
 
-  const rootfs = join(dir, 'tiny', 'rootfs');
+  const tpl = new TemplateStore(dir).require('tiny');
   assert.equal(info.name, 'tiny');
-  assert.equal(info.path, rootfs);
+  assert.equal(info.layers, 2);
+  assert.equal(info.path, tpl.rootfs);
+  assert.equal(tpl.layers[0], tpl.rootfs, 'rootfs is the topmost layer');
+  assert.match(info.digest ?? '', /^sha256:[a-f0-9]{64}$/);
   assert.ok(info.sizeBytes !== null && info.sizeBytes > 1_000_000, `size ${info.sizeBytes}`);
 
-  assert.ok(statSync(join(rootfs, 'bin/busybox')).isFile());
-  assert.equal(readlinkSync(join(rootfs, 'bin/sh')), '/bin/busybox');
-  assert.equal(statSync(join(rootfs, 'tmp')).mode & 0o7777, 0o1777);
+  const [top, bottom] = tpl.layers as [string, string];
+  assert.ok(statSync(join(bottom, 'bin/busybox')).isFile());
+  assert.equal(readlinkSync(join(bottom, 'bin/sh')), '/bin/busybox');
+  assert.equal(statSync(join(bottom, 'tmp')).mode & 0o7777, 0o1777);
   for (const d of ['work', 'proc', 'sys', 'dev', 'run', 'etc', 'root']) {
-    assert.ok(statSync(join(rootfs, d)).isDirectory(), d);
+    assert.ok(statSync(join(bottom, d)).isDirectory(), d);
   }
-  assert.match(readFileSync(join(rootfs, 'etc/passwd'), 'utf8'), /^root:x:0:0:/m);
-  assert.match(readFileSync(join(rootfs, 'etc/passwd'), 'utf8'), /^nobody:x:65534:65534:/m);
-  assert.match(readFileSync(join(rootfs, 'etc/group'), 'utf8'), /^root:x:0:/m);
-  assert.equal(readFileSync(join(rootfs, 'etc/resolv.conf'), 'utf8'), '');
+  assert.match(readFileSync(join(bottom, 'etc/passwd'), 'utf8'), /^root:x:0:0:/m);
+  assert.match(readFileSync(join(bottom, 'etc/passwd'), 'utf8'), /^nobody:x:65534:65534:/m);
+  assert.match(readFileSync(join(bottom, 'etc/group'), 'utf8'), /^root:x:0:/m);
+  // The finalize layer holds the files every template gets.
+  assert.equal(readFileSync(join(top, 'etc/resolv.conf'), 'utf8'), '');
+  assert.equal(readFileSync(join(top, 'etc/hostname'), 'utf8'), 'airlock\n');
 
-  for (const p of ['', 'bin/busybox', 'etc/passwd', 'tmp', 'work']) {
-    const st = statSync(join(rootfs, p));
+  for (const [root, p] of [[bottom, ''], [bottom, 'bin/busybox'], [bottom, 'etc/passwd'], [bottom, 'tmp'], [bottom, 'work'], [top, 'etc/hosts']] as const) {
+    const st = statSync(join(root, p));
     assert.equal(st.uid, SANDBOX_ID_BASE, `uid of /${p}`);
     assert.equal(st.gid, SANDBOX_ID_BASE, `gid of /${p}`);
   }
-  assert.equal(lstatSync(join(rootfs, 'bin/sh')).uid, SANDBOX_ID_BASE, 'symlinks are shifted too (lchown)');
+  assert.equal(lstatSync(join(bottom, 'bin/sh')).uid, SANDBOX_ID_BASE, 'symlinks are shifted too (lchown)');
 
-  // Atomic: nothing but the finished template is left in the directory.
-  assert.deepEqual(readdirSync(dir), ['tiny']);
+  // Atomic: the store's own directories and the template, no work left in _tmp.
+  assert.deepEqual(readdirSync(dir).sort(), ['_layers', '_logs', '_tmp', 'tiny']);
+  assert.deepEqual(readdirSync(join(dir, '_tmp')), []);
+  assert.equal(readdirSync(join(dir, '_logs')).filter((f) => f.startsWith('tiny-')).length, 1, 'a build log is kept');
 
-  const t1 = new TemplateStore(dir).require('tiny');
-  assert.equal(t1.workdir, '/work');
-  assert.ok(t1.env.includes('PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'));
-  assert.ok(t1.env.includes('LANG=C.UTF-8'));
-  assert.ok(t1.env.includes('HOME=/root'));
+  assert.equal(tpl.workdir, '/work');
+  assert.ok(tpl.env.includes('PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'));
+  assert.ok(tpl.env.includes('LANG=C.UTF-8'));
+  assert.ok(tpl.env.includes('HOME=/root'));
 
-  // The rootfs actually runs (chroot as host root; sandboxes add the user namespace).
-  const out = execFileSync('chroot', [rootfs, '/bin/sh', '-c', 'echo hello from $(cat /etc/hostname)'], { encoding: 'utf8' });
+  // The stacked layers run (chroot as host root; sandboxes add the user namespace).
+  const out = execFileSync('chroot', [mergedView(t, tpl.layers), '/bin/sh', '-c', 'echo hello from $(cat /etc/hostname)'], { encoding: 'utf8' });
   assert.equal(out.trim(), 'hello from airlock');
 });
 
-test('rebuild replaces the template and leaves no build or swap directories', async (t) => {
+test('an unchanged recipe is not rebuilt; force rebuilds on the same layers and leaves no work behind', async (t) => {
   const dir = tmpDir(t, 'rebuild');
   const first = await buildTemplate(dir, 'tiny');
+  const lines: string[] = [];
+  const again = await buildTemplate(dir, 'tiny', { log: (l) => lines.push(l) });
+  assert.equal(again.createdAt, first.createdAt);
+  assert.ok(lines.some((l) => l.includes('up to date')), lines.join('\n'));
   await new Promise((r) => setTimeout(r, 5));
-  const second = await buildTemplate(dir, 'tiny');
-  assert.notEqual(first.createdAt, second.createdAt);
-  assert.deepEqual(readdirSync(dir), ['tiny']);
-  assert.equal(new TemplateStore(dir).info('tiny')?.createdAt, second.createdAt);
+  const forced = await buildTemplate(dir, 'tiny', { force: true });
+  assert.notEqual(forced.createdAt, first.createdAt);
+  assert.equal(forced.digest, first.digest);
+  assert.equal(forced.path, first.path, 'same layers');
+  assert.deepEqual(readdirSync(dir).sort(), ['_layers', '_logs', '_tmp', 'tiny']);
+  assert.deepEqual(readdirSync(join(dir, '_tmp')), []);
+  assert.equal(readdirSync(join(dir, '_layers')).length, 2);
 });
 
-test('leftovers of an interrupted build (with a mount inside) are removed by the next build', async (t) => {
+test('leftovers of a killed builder (with a mount inside) are removed by the next build', async (t) => {
   const dir = tmpDir(t, 'leftover');
-  const leftover = join(dir, `.tiny.build-${deadPid()}`);
-  const fakeProc = join(leftover, 'rootfs', 'proc');
-  mkdirSync(fakeProc, { recursive: true });
-  writeFileSync(join(leftover, 'rootfs', 'half-written'), 'x');
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'airlock-test-leftover', fakeProc]);
-  writeFileSync(join(fakeProc, 'inside-the-mount'), 'x');
-  // A stale lock from the killed builder must not block the next build either.
-  writeFileSync(join(dir, '.tiny.lock'), String(deadPid()));
+  await buildTemplate(dir, 'tiny');
+  const leftover = join(dir, '_tmp', `build-${deadPid()}-0badc0de`);
+  const fakeMerged = join(leftover, 'merged');
+  mkdirSync(fakeMerged, { recursive: true });
+  writeFileSync(join(leftover, 'half-written'), 'x');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'airlock-test-leftover', fakeMerged]);
+  writeFileSync(join(fakeMerged, 'inside-the-mount'), 'x');
+  // Stale locks and claims of the killed builder must not block or pin anything either.
+  writeFileSync(join(dir, '_tmp', '.name-tiny.lock'), String(deadPid()));
+  writeFileSync(join(dir, '_tmp', `claim-${deadPid()}-0badc0de.json`), JSON.stringify({ pid: deadPid(), layers: [] }));
 
-  assert.equal(new TemplateStore(dir).has('tiny'), false, 'a half-built template is not visible');
   const lines: string[] = [];
-  await buildTemplate(dir, 'tiny', { log: (l) => lines.push(l) });
-
-  assert.deepEqual(readdirSync(dir), ['tiny']);
+  await buildTemplate(dir, 'tiny', { force: true, log: (l) => lines.push(l) });
+  assert.deepEqual(readdirSync(join(dir, '_tmp')), []);
   assert.deepEqual(mountsUnder(dir), []);
-  assert.ok(lines.some((l) => l.includes('removing leftover')), lines.join('\n'));
+  assert.ok(lines.some((l) => l.includes('removed leftover')), lines.join('\n'));
 });
 
 test('a live builder holds the lock: a second build is refused', async (t) => {
   const dir = tmpDir(t, 'lock');
-  writeFileSync(join(dir, '.tiny.lock'), String(process.pid));
+  mkdirSync(join(dir, '_tmp'), { recursive: true });
+  writeFileSync(join(dir, '_tmp', '.name-tiny.lock'), String(process.pid));
   await assert.rejects(buildTemplate(dir, 'tiny'), errorCode('conflict'));
   await assert.rejects(ensureTemplate(dir, 'tiny', { waitMs: 600 }), errorCode('conflict'));
   assert.equal(new TemplateStore(dir).has('tiny'), false);
-  rmSync(join(dir, '.tiny.lock'));
+  rmSync(join(dir, '_tmp', '.name-tiny.lock'));
   const [a, b] = await Promise.all([ensureTemplate(dir, 'tiny'), ensureTemplate(dir, 'tiny')]);
   assert.equal(a.createdAt, b.createdAt, 'the waiting caller gets the template the first one built');
 });
@@ -132,7 +148,8 @@ test('template names are validated at every entry point', async (t) => {
   assert.throws(() => store.require('nope'), errorCode('not_found'));
   assert.equal(store.get('nope'), null);
   assert.equal(store.has('../etc'), false);
-  await assert.rejects(buildTemplate(dir, 'nope' as 'tiny'), errorCode('bad_request'));
+  await assert.rejects(buildTemplate(dir, 'nope'), /no built-in recipe/);
+  await assert.rejects(buildTemplate(dir, '../etc'), errorCode('bad_request'));
 });
 
 test('list shows complete templates only, sorted', async (t) => {
@@ -149,6 +166,10 @@ test('list shows complete templates only, sorted', async (t) => {
     name: 'other', createdAt: 'x', sizeBytes: 1, env: [], workdir: '/work',
   }));
   mkdirSync(join(dir, 'Upper', 'rootfs'), { recursive: true });
+  mkdirSync(join(dir, 'nolayer'));
+  writeFileSync(join(dir, 'nolayer', 'template.json'), JSON.stringify({
+    name: 'nolayer', createdAt: 'x', sizeBytes: 1, env: [], workdir: '/work', layers: ['0'.repeat(64)],
+  }));
   const store = new TemplateStore(dir);
   assert.deepEqual(store.list().map((i) => i.name), ['tiny']);
   assert.equal(store.has('broken'), false);
@@ -221,16 +242,21 @@ test('the Debian mirror is read from one-line and deb822 sources', () => {
   assert.match(hostDebianMirror({}), /^https?:\/\//);
 });
 
-test(`base (debootstrap) is present in ${SHARED_TEMPLATES}, built once per machine`, { timeout: 20 * 60_000 }, async () => {
+test(`base (debootstrap) is present and current in ${SHARED_TEMPLATES}, built once per machine`, { timeout: 20 * 60_000 }, async (t) => {
   const info = await ensureTemplate(SHARED_TEMPLATES, 'base', {
     log: (line) => console.log(`# base: ${line}`),
   });
-  const rootfs = info.path;
-  assert.ok(existsSync(join(rootfs, 'usr/bin/python3')), 'python3 is installed');
-  const out = execFileSync('chroot', [rootfs, '/usr/bin/python3', '-c', 'import ssl; print(6 * 7)'], { encoding: 'utf8' });
+  assert.equal(info.digest, await builtinRecipeDigest('base'));
+  const tpl = new TemplateStore(SHARED_TEMPLATES).require('base');
+  assert.ok(tpl.layers.length >= 3, 'debootstrap, packages and finalize layers');
+  const rootfs = mergedView(t, tpl.layers);
+  for (const bin of ['python3', 'node', 'npm', 'git', 'curl', 'jq', 'less', 'ps', 'find']) {
+    assert.ok(existsSync(join(rootfs, 'usr/bin', bin)), `${bin} is installed`);
+  }
+  assert.ok(!existsSync(join(rootfs, 'usr/bin/gcc')), 'no compilers');
+  const out = execFileSync('chroot', [rootfs, '/usr/bin/python3', '-c', 'import ssl, venv, pip; print(6 * 7)'], { encoding: 'utf8' });
   assert.equal(out.trim(), '42');
   assert.equal(statSync(join(rootfs, 'usr/bin/python3')).uid, SANDBOX_ID_BASE);
-  assert.equal(statSync(rootfs).uid, SANDBOX_ID_BASE);
   const su = statSync(join(rootfs, 'usr/bin/su'));
   assert.equal(su.uid, SANDBOX_ID_BASE);
   assert.equal(su.mode & 0o4000, 0o4000, 'setuid bit survives the shift');
@@ -238,11 +264,14 @@ test(`base (debootstrap) is present in ${SHARED_TEMPLATES}, built once per machi
   assert.equal(readFileSync(join(rootfs, 'etc/resolv.conf'), 'utf8'), '', 'no host resolver leaks in');
   assert.equal(readFileSync(join(rootfs, 'etc/hostname'), 'utf8'), 'airlock\n');
   assert.ok(statSync(join(rootfs, 'work')).isDirectory());
-  const devices = readdirSync(join(rootfs, 'dev')).filter((n) => {
-    const st = lstatSync(join(rootfs, 'dev', n));
-    return st.isCharacterDevice() || st.isBlockDevice();
-  });
-  assert.deepEqual(devices, [], 'no device nodes in a template');
+  for (const layer of tpl.layers) {
+    const devices = (existsSync(join(layer, 'dev')) ? readdirSync(join(layer, 'dev')) : []).filter((n) => {
+      const st = lstatSync(join(layer, 'dev', n));
+      return (st.isCharacterDevice() || st.isBlockDevice()) && st.rdev !== 0;
+    });
+    assert.deepEqual(devices, [], 'no device nodes in a template (whiteouts aside)');
+  }
   assert.deepEqual(readdirSync(join(rootfs, 'var/cache/apt/archives')).filter((n) => n.endsWith('.deb')), []);
-  assert.equal(new TemplateStore(SHARED_TEMPLATES).require('base').workdir, '/work');
+  assert.deepEqual(readdirSync(join(rootfs, 'var/lib/apt/lists')).filter((n) => n !== 'partial' && n !== 'lock'), []);
+  assert.equal(tpl.workdir, '/work');
 });

@@ -1,9 +1,12 @@
 import { ApiError, errorFromResponse } from './errors.js';
 import { NdjsonParser } from './ndjson.js';
 import { SseParser } from './sse.js';
+import type { CreateVolumeBody, VolumeInfo } from './volume-types.js';
+import { uploadBody } from './file-streams.js';
+import type { FileWatchEnd, FileWatchEvent, OutputsListing, UploadData } from './file-types.js';
 import type {
   AuditEvent, CreateSandboxBody, ExecBody, ExecExit, ExecResult, ExecStreamLine, FileEntry, FileStatInfo,
-  ProcessInfo, SandboxInfo, TemplateInfo,
+  ProcessInfo, SandboxInfo, TemplateBuildBody, TemplateInfo,
 } from './types.js';
 
 export interface ClientOptions {
@@ -32,6 +35,8 @@ interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
   json?: unknown;
   bytes?: Uint8Array;
+  /** A streamed request body (application/octet-stream). */
+  stream?: ReadableStream<Uint8Array>;
   accept?: string;
   /** null: no timeout. */
   timeoutMs?: number | null;
@@ -146,11 +151,90 @@ export class ApiClient {
     return new Uint8Array(await this.readBody(res));
   }
 
-  writeFile(id: string, path: string, data: Uint8Array | string, opts: { mode?: number } = {}): Promise<FileStatInfo> {
-    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+  /**
+   * Streams a file out of the sandbox: the body arrives as the client reads it. No overall
+   * time limit applies (transfers of any size); cancel the stream or abort `signal` to stop.
+   */
+  async readFileStream(id: string, path: string, opts: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.send('GET', `/v1/sandboxes/${enc(id)}/files`, {
+      query: { path }, accept: 'application/octet-stream', timeoutMs: null, signal: opts.signal,
+    });
+    if (isJson(res)) {
+      await res.body?.cancel();
+      throw new ApiError(400, 'bad_request', `${path} is a directory`, 'path');
+    }
+    if (!res.body) throw new ApiError(0, 'bad_response', 'the answer has no body');
+    return res.body;
+  }
+
+  /**
+   * Creates or replaces a file. Streams (a ReadableStream or any async iterable of bytes,
+   * e.g. Node's fs.createReadStream) are sent as they are read, with no overall time limit.
+   */
+  writeFile(id: string, path: string, data: UploadData, opts: { mode?: number; signal?: AbortSignal } = {}): Promise<FileStatInfo> {
+    const body = uploadBody(data);
     const query: Record<string, string> = { path };
     if (opts.mode !== undefined) query.mode = opts.mode.toString(8).padStart(4, '0');
-    return this.json('PUT', `/v1/sandboxes/${enc(id)}/files`, { query, bytes });
+    const streamed = body instanceof Uint8Array ? { bytes: body } : { stream: body, timeoutMs: null };
+    return this.json('PUT', `/v1/sandboxes/${enc(id)}/files`, { query, ...streamed, signal: opts.signal });
+  }
+
+  statPath(id: string, path: string): Promise<FileStatInfo> {
+    return this.json('GET', `/v1/sandboxes/${enc(id)}/files/stat`, { query: { path } });
+  }
+
+  makeDir(id: string, path: string, opts: { parents?: boolean; mode?: number } = {}): Promise<FileStatInfo> {
+    const query: Record<string, string> = { path };
+    if (opts.parents) query.parents = '1';
+    if (opts.mode !== undefined) query.mode = opts.mode.toString(8).padStart(4, '0');
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/files/mkdir`, { query });
+  }
+
+  renamePath(id: string, from: string, to: string, opts: { overwrite?: boolean } = {}): Promise<FileStatInfo> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/files/rename`, { json: { from, to, overwrite: opts.overwrite ?? false } });
+  }
+
+  /**
+   * Watches a directory (SSE). Resolves once the watch is in place, with `done`, which
+   * settles with why it ended: abort `signal` to stop it ('stopped').
+   */
+  async watchDir(
+    id: string, path: string, opts: { recursive?: boolean },
+    h: { onEvent(e: FileWatchEvent): void; signal?: AbortSignal },
+  ): Promise<{ done: Promise<FileWatchEnd> }> {
+    const query: Record<string, string> = { path };
+    if (opts.recursive) query.recursive = '1';
+    const res = await this.send('GET', `/v1/sandboxes/${enc(id)}/files/watch`, {
+      query, accept: 'text/event-stream', timeoutMs: null, signal: h.signal,
+    });
+    const parser = new SseParser();
+    let resolveReady!: () => void;
+    const ready = new Promise<void>((r) => { resolveReady = r; });
+    let ended: FileWatchEnd = 'disconnected';
+    const done = this.eachChunk(res, (chunk) => {
+      for (const m of parser.push(chunk)) {
+        if (m.event === 'ready') resolveReady();
+        else if (m.event === 'end') ended = (JSON.parse(m.data) as { reason: FileWatchEnd }).reason;
+        else if (m.event) h.onEvent(JSON.parse(m.data) as FileWatchEvent);
+      }
+    }).then(() => ended, () => (h.signal?.aborted ? 'stopped' as const : ended));
+    // The server sends `ready` at once; a stream that ends first still settles the wait.
+    await Promise.race([ready, done]);
+    return { done };
+  }
+
+  /** The sandbox's outputs as a tar stream (links recorded, never followed). */
+  async outputsTar(id: string, opts: { signal?: AbortSignal } = {}): Promise<ReadableStream<Uint8Array>> {
+    const res = await this.send('GET', `/v1/sandboxes/${enc(id)}/outputs`, {
+      query: { format: 'tar' }, accept: 'application/x-tar', timeoutMs: null, signal: opts.signal,
+    });
+    if (!res.body) throw new ApiError(0, 'bad_response', 'the answer has no body');
+    return res.body;
+  }
+
+  /** The sandbox's outputs with sizes, modes and SHA-256 sums. */
+  outputsList(id: string): Promise<OutputsListing> {
+    return this.json('GET', `/v1/sandboxes/${enc(id)}/outputs`, { query: { format: 'list' }, timeoutMs: null });
   }
 
   async listDir(id: string, path: string): Promise<FileEntry[]> {
@@ -169,9 +253,77 @@ export class ApiClient {
 
   // ---- the rest ----
 
+  // ---- volumes ----
+
+  createVolume(body: CreateVolumeBody): Promise<VolumeInfo> {
+    return this.json('POST', '/v1/volumes', { json: body });
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    const r = await this.json<{ volumes: VolumeInfo[] }>('GET', '/v1/volumes');
+    return r.volumes;
+  }
+
+  getVolume(name: string): Promise<VolumeInfo> {
+    return this.json('GET', `/v1/volumes/${enc(name)}`);
+  }
+
+  /** 409 while a live sandbox has it attached. */
+  async deleteVolume(name: string): Promise<void> {
+    await this.send('DELETE', `/v1/volumes/${enc(name)}`);
+  }
+
   async listTemplates(): Promise<TemplateInfo[]> {
     const r = await this.json<{ templates: TemplateInfo[] }>('GET', '/v1/templates');
     return r.templates;
+  }
+
+  /** Builds a template (admin key); progress lines reach `onLog` as the build goes. */
+  async buildTemplate(name: string, body: TemplateBuildBody, h: { onLog?(line: string): void; signal?: AbortSignal } = {}): Promise<TemplateInfo> {
+    const res = await this.send('POST', `/v1/templates/${enc(name)}/build`, {
+      json: body, accept: 'application/x-ndjson', timeoutMs: null, signal: h.signal,
+    });
+    if (isJson(res)) return JSON.parse(new TextDecoder().decode(await this.readBody(res))) as TemplateInfo;
+    const parser = new NdjsonParser();
+    let done: TemplateInfo | null = null;
+    const handle = (values: unknown[]) => {
+      for (const v of values) {
+        const line = v as { type: string; line?: string; template?: TemplateInfo; error?: { code: string; message: string } };
+        if (line.type === 'log' && typeof line.line === 'string') h.onLog?.(line.line);
+        else if (line.type === 'done' && line.template) done = line.template;
+        else if (line.type === 'error' && line.error) throw new ApiError(res.status, line.error.code, line.error.message);
+      }
+    };
+    await this.eachChunk(res, (chunk) => handle(parser.push(chunk)));
+    handle(parser.end());
+    if (!done) throw new ApiError(0, 'bad_response', 'the build stream ended without a result');
+    return done;
+  }
+
+  /**
+   * Imports an OCI image layout or `docker save` tarball (admin key). The body is streamed as
+   * given: bytes, a Blob, or a ReadableStream (e.g. Node's Readable.toWeb(createReadStream(p))).
+   */
+  async importTemplate(name: string, tarball: Uint8Array | Blob | ReadableStream<Uint8Array>, opts: { signal?: AbortSignal } = {}): Promise<TemplateInfo> {
+    const headers: Record<string, string> = { 'content-type': 'application/x-tar', accept: 'application/json' };
+    if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
+    let res: Response;
+    try {
+      // duplex: required by fetch for a streamed request body.
+      res = await fetch(`${this.url}/v1/templates/${enc(name)}/import`, {
+        method: 'POST', headers, body: tarball as BodyInit, signal: opts.signal, duplex: 'half',
+      } as RequestInit & { duplex: 'half' });
+    } catch (e) {
+      throw wrapTransportError(e, this.url);
+    }
+    const text = new TextDecoder().decode(await this.readBody(res));
+    if (!res.ok) throw errorFromResponse(res.status, text);
+    return JSON.parse(text) as TemplateInfo;
+  }
+
+  /** Removes a template (admin key); 409 while sandboxes use it. */
+  async removeTemplate(name: string): Promise<void> {
+    await this.send('DELETE', `/v1/templates/${enc(name)}`);
   }
 
   async listEvents(q: { sandbox?: string; type?: string; after?: number; limit?: number } = {}): Promise<AuditEvent[]> {
@@ -276,6 +428,8 @@ export class ApiClient {
     } else if (opts.bytes !== undefined) {
       headers['content-type'] = 'application/octet-stream';
       body = opts.bytes;
+    } else if (opts.stream !== undefined) {
+      headers['content-type'] = 'application/octet-stream';
     }
     const timeoutMs = opts.timeoutMs === undefined ? this.requestTimeoutMs : opts.timeoutMs;
     const signals = [opts.signal, timeoutMs === null ? undefined : AbortSignal.timeout(timeoutMs)].filter(
@@ -285,7 +439,12 @@ export class ApiClient {
 
     let res: Response;
     try {
-      res = await fetch(url, { method, headers, body: body as BodyInit | undefined, signal });
+      res = opts.stream !== undefined
+        // duplex: what fetch requires of a streamed request body. redirect 'error': a fetch that
+        // may follow a redirect keeps every chunk sent to replay it (Node's undici does), so a
+        // 1 GiB upload would cost 1 GiB of memory; an API never redirects a PUT anyway.
+        ? await fetch(url, { method, headers, body: opts.stream, signal, duplex: 'half', redirect: 'error' } as RequestInit & { duplex: 'half' })
+        : await fetch(url, { method, headers, body: body as BodyInit | undefined, signal });
     } catch (e) {
       throw wrapTransportError(e, this.url);
     }

@@ -6,4 +6,8 @@ export {
   Sandbox, Commands, Files,
   type SandboxCreateOptions, type CommandOptions, type CommandResult, type BackgroundCommand,
 } from './sandbox.js';
+export { Volume } from './volume.js';
 export type * from './types.js';
+export type * from './volume-types.js';
+export type * from './file-types.js';
+export { iterableToStream } from './file-streams.js';

@@ -8,6 +8,7 @@ import type {
   CreateSandboxBody, ExecBody, ExecReason, FileEntry, FileStatInfo, MountSpec, NetworkPolicy, ProcessInfo,
   Resources, RuntimeName, SandboxInfo,
 } from './types.js';
+import type { FileWatchEnd, FileWatchEvent, OutputsListing, UploadData } from './file-types.js';
 
 export interface SandboxCreateOptions extends ClientOptions {
   /** Default: the server's default template (`base`). */
@@ -20,7 +21,11 @@ export interface SandboxCreateOptions extends ClientOptions {
   env?: Record<string, string>;
   metadata?: Record<string, string>;
   mounts?: Array<Omit<MountSpec, 'readOnly'> & { readOnly?: boolean }>;
+  /** Named volumes (see Volume): read-only unless readOnly is false. */
+  volumes?: Array<{ name: string; target: string; readOnly?: boolean }>;
   workdir?: string;
+  /** Where outputs are collected from (default /work/out). */
+  outputPath?: string;
 }
 
 export interface CommandOptions {
@@ -127,17 +132,68 @@ export class Commands {
 export class Files {
   constructor(private readonly api: ApiClient, private readonly sandboxId: string) {}
 
+  /** Whole file as text or bytes; `format: 'stream'` streams it (any size, read as it arrives). */
   read(path: string, opts?: { format?: 'text' }): Promise<string>;
   read(path: string, opts: { format: 'bytes' }): Promise<Uint8Array>;
-  async read(path: string, opts: { format?: 'text' | 'bytes' } = {}): Promise<string | Uint8Array> {
+  read(path: string, opts: { format: 'stream' }): Promise<ReadableStream<Uint8Array>>;
+  async read(path: string, opts: { format?: 'text' | 'bytes' | 'stream' } = {}): Promise<string | Uint8Array | ReadableStream<Uint8Array>> {
+    if (opts.format === 'stream') return this.api.readFileStream(this.sandboxId, path);
     const bytes = await this.api.readFile(this.sandboxId, path);
     return opts.format === 'bytes' ? bytes : new TextDecoder().decode(bytes);
   }
 
-  /** Creates or replaces the file (parent directories included); returns its new metadata. */
-  write(path: string, data: string | Uint8Array | ArrayBuffer, opts: { mode?: number } = {}): Promise<FileStatInfo> {
-    const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data;
-    return this.api.writeFile(this.sandboxId, path, bytes, opts);
+  /**
+   * Creates or replaces the file (parent directories included); returns its new metadata.
+   * A ReadableStream or async iterable (e.g. fs.createReadStream) is streamed, never gathered.
+   */
+  write(path: string, data: UploadData, opts: { mode?: number } = {}): Promise<FileStatInfo> {
+    return this.api.writeFile(this.sandboxId, path, data, opts);
+  }
+
+  /** Type, size, mode, mtime; a link is reported as a link. */
+  stat(path: string): Promise<FileStatInfo> {
+    return this.api.statPath(this.sandboxId, path);
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await this.api.statPath(this.sandboxId, path);
+      return true;
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 404 && !/^sandbox /.test(e.message)) return false;
+      throw e;
+    }
+  }
+
+  /** Creates a directory with its missing parents (like mkdir -p, unless `parents: false`). */
+  makeDir(path: string, opts: { parents?: boolean; mode?: number } = {}): Promise<FileStatInfo> {
+    return this.api.makeDir(this.sandboxId, path, { parents: opts.parents ?? true, ...(opts.mode !== undefined ? { mode: opts.mode } : {}) });
+  }
+
+  /** Renames or moves; fails (409) when `to` exists unless `overwrite`. Links are moved, not followed. */
+  rename(from: string, to: string, opts: { overwrite?: boolean } = {}): Promise<FileStatInfo> {
+    return this.api.renamePath(this.sandboxId, from, to, opts);
+  }
+
+  /**
+   * Calls `onEvent` for changes under the directory `path` (with `recursive`, everything below
+   * it too) until the returned function is called. Resolves once the watch is in place.
+   */
+  async watch(
+    path: string, onEvent: (e: FileWatchEvent) => void,
+    opts: { recursive?: boolean; onEnd?: (reason: FileWatchEnd) => void } = {},
+  ): Promise<() => void> {
+    const ctl = new AbortController();
+    const { done } = await this.api.watchDir(this.sandboxId, path, { recursive: opts.recursive ?? false }, { onEvent, signal: ctl.signal });
+    void done.then((reason) => opts.onEnd?.(reason));
+    return () => ctl.abort();
+  }
+
+  /** The sandbox's outputs (its outputPath, default /work/out): a list with SHA-256 sums, or a tar stream. */
+  outputs(opts?: { format?: 'list' }): Promise<OutputsListing>;
+  outputs(opts: { format: 'tar' }): Promise<ReadableStream<Uint8Array>>;
+  outputs(opts: { format?: 'list' | 'tar' } = {}): Promise<OutputsListing | ReadableStream<Uint8Array>> {
+    return opts.format === 'tar' ? this.api.outputsTar(this.sandboxId) : this.api.outputsList(this.sandboxId);
   }
 
   list(path: string): Promise<FileEntry[]> {
@@ -172,7 +228,9 @@ export class Sandbox {
     if (opts.env !== undefined) body.env = opts.env;
     if (opts.metadata !== undefined) body.metadata = opts.metadata;
     if (opts.mounts !== undefined) body.mounts = opts.mounts;
+    if (opts.volumes !== undefined) body.volumes = opts.volumes;
     if (opts.workdir !== undefined) body.workdir = opts.workdir;
+    if (opts.outputPath !== undefined) body.outputPath = opts.outputPath;
     return new Sandbox(api, await api.createSandbox(body));
   }
 

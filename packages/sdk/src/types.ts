@@ -3,6 +3,8 @@
  * is installed by agent authors who must not pull the engine (SQLite, runc drivers) with it.
  */
 
+import type { VolumeMount } from './volume-types.js';
+
 export type RuntimeName = 'container' | 'gvisor' | 'microvm';
 export type SandboxState = 'creating' | 'running' | 'paused' | 'stopped' | 'killed' | 'expired' | 'failed';
 /** Why a command ended. */
@@ -36,8 +38,12 @@ export interface CreateSandboxBody {
   timeoutSeconds?: number;
   network?: Partial<NetworkPolicy>;
   mounts?: Array<{ source: string; target: string; readOnly?: boolean }>;
+  /** Named volumes to attach (read-only unless readOnly is false). */
+  volumes?: Array<{ name: string; target: string; readOnly?: boolean }>;
   env?: Record<string, string>;
   workdir?: string;
+  /** Where outputs are collected from (default /work/out). */
+  outputPath?: string;
   metadata?: Record<string, string>;
 }
 
@@ -50,7 +56,10 @@ export interface SandboxInfo {
   resources: Resources;
   network: NetworkPolicy;
   mounts: MountSpec[];
+  volumes: VolumeMount[];
   workdir: string;
+  /** Where GET …/outputs collects from. */
+  outputPath: string;
   metadata: Record<string, string>;
   createdAt: string;
   startedAt: string | null;
@@ -116,10 +125,24 @@ export interface FileStatInfo {
 
 export interface TemplateInfo {
   name: string;
-  /** Host path; only admin callers see it. */
+  /** Host path of the topmost layer; only admin callers see it. */
   path?: string;
   sizeBytes: number | null;
   createdAt: string;
+  /** `sha256:<hex>` of the recipe or imported image; null for an old-layout template. */
+  digest: string | null;
+  /** Read-only layers a sandbox stacks. */
+  layers: number;
+  /** Live sandboxes started from it. */
+  inUse: number;
+}
+
+/** What POST /v1/templates/:name/build takes: a recipe (YAML/JSON text or object) or the built-in one. */
+export interface TemplateBuildBody {
+  recipe?: string | Record<string, unknown>;
+  builtin?: true;
+  /** Rebuild even when the recipe is unchanged. */
+  force?: boolean;
 }
 
 export interface AuditEvent {

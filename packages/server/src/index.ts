@@ -13,6 +13,8 @@ import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { metaRoutes } from './routes/meta.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
+import { volumeRoutes } from './routes/volumes.js';
+import { templateRoutes } from './routes/templates.js';
 
 export interface ServerOptions {
   engine: AirlockEngine;
@@ -20,14 +22,14 @@ export interface ServerOptions {
   logger?: boolean | object;
   /** JSON request bodies; default 1 MiB. */
   bodyLimitBytes?: number;
-  /** File uploads (PUT /files); default 256 MiB. */
+  /** File uploads (PUT /files, streamed: this bounds the sandbox's disk use, not memory); default 8 GiB. */
   uploadLimitBytes?: number;
   /** Reported by /healthz and /openapi.json; default this package's version. */
   version?: string;
 }
 
 export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
-export const DEFAULT_UPLOAD_LIMIT_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_UPLOAD_LIMIT_BYTES = 8 * 1024 * 1024 * 1024;
 const CLOSE_GRACE_MS = 3000;
 
 function packageVersion(): string {
@@ -92,10 +94,12 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   sandboxRoutes(app, opts.engine);
+  volumeRoutes(app, opts.engine);
   execRoutes(app, opts.engine, live);
-  fileRoutes(app, opts.engine, opts.uploadLimitBytes ?? DEFAULT_UPLOAD_LIMIT_BYTES);
+  fileRoutes(app, opts.engine, opts.uploadLimitBytes ?? DEFAULT_UPLOAD_LIMIT_BYTES, live);
   eventRoutes(app, opts.engine, live);
   metaRoutes(app, opts.engine, version);
+  templateRoutes(app, opts.engine);
   return app;
 }
 

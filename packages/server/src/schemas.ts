@@ -4,6 +4,7 @@
  * The engine validates again (it has other front ends); these bounds are the HTTP boundary's.
  */
 import { z } from 'zod';
+import { volumeMountInfo, volumeMountInput } from './volume-schemas.js';
 
 const MAX_PATH_BYTES = 4096;
 const MAX_ARG_BYTES = 128 * 1024;
@@ -56,8 +57,10 @@ export const createSandboxBody = z.strictObject({
     deny: z.array(hostPattern).max(256).optional(),
   }).optional(),
   mounts: z.array(mountInput).max(32).optional(),
+  volumes: z.array(volumeMountInput).max(16).optional(),
   env: envMap.optional(),
   workdir: absolutePath.optional(),
+  outputPath: absolutePath.optional().describe('where GET …/outputs collects from; default /work/out'),
   metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
 });
 
@@ -127,7 +130,9 @@ export const sandboxInfo = z.object({
   resources,
   network: z.object({ allow: z.array(z.string()), deny: z.array(z.string()) }),
   mounts: z.array(z.object({ source: z.string(), target: z.string(), readOnly: z.boolean() })),
+  volumes: z.array(volumeMountInfo),
   workdir: z.string(),
+  outputPath: z.string(),
   metadata: z.record(z.string(), z.string()),
   createdAt: z.string(),
   startedAt: z.string().nullable(),
@@ -170,14 +175,28 @@ export const fileEntries = z.object({
 
 export const fileStat = z.object({ path: z.string(), type: fileType, size: z.number(), mode: z.number(), mtime: z.string() });
 
-export const templateList = z.object({
-  templates: z.array(z.object({
-    name: z.string(),
-    path: z.string().optional().describe('host path; admin callers only'),
-    sizeBytes: z.number().nullable(),
-    createdAt: z.string(),
-  })),
+export const templateInfo = z.object({
+  name: z.string(),
+  path: z.string().optional().describe('host path of the topmost layer; admin callers only'),
+  sizeBytes: z.number().nullable(),
+  createdAt: z.string(),
+  digest: z.string().nullable().describe('sha256:<hex> of the recipe or image; null for an old-layout template'),
+  layers: z.number().describe('read-only layers a sandbox stacks'),
+  inUse: z.number().describe('live sandboxes started from it'),
 });
+
+export const templateList = z.object({ templates: z.array(templateInfo) });
+
+export const templateNameParams = z.object({
+  name: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be a template name').describe('template name'),
+});
+
+export const templateBuildBody = z.strictObject({
+  builtin: z.literal(true).optional().describe('build the built-in recipe of this name (base, tiny)'),
+  recipe: z.union([z.string(), z.record(z.string(), z.unknown())]).optional()
+    .describe('the recipe: YAML or JSON text, or an object; recipes sent over HTTP cannot copy files'),
+  force: z.boolean().optional().describe('rebuild even when the recipe is unchanged (layers are still reused)'),
+}).refine((b) => (b.builtin === true) !== (b.recipe !== undefined), { message: 'give exactly one of builtin and recipe', path: ['recipe'] });
 
 export const auditEvent = z.object({
   seq: z.number(),

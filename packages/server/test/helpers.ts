@@ -5,7 +5,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Engine } from '@airlock/engine';
+import { Engine, type EngineOptions } from '@airlock/engine';
 import { startServer, type ServerOptions } from '../src/index.js';
 
 export const TEMPLATES_DIR = '/var/lib/airlock/templates';
@@ -20,11 +20,11 @@ export interface TestServer {
   close(): Promise<void>;
 }
 
-export async function startTestServer(opts: Partial<Omit<ServerOptions, 'engine'>> = {}): Promise<TestServer> {
+export async function startTestServer(opts: Partial<Omit<ServerOptions, 'engine'>> = {}, engineOpts: Omit<EngineOptions, 'dataDir'> = {}): Promise<TestServer> {
   const dataDir = mkdtempSync(join(tmpdir(), 'airlock-server-test-'));
   let engine: Engine | null = null;
   try {
-    engine = await Engine.open({ dataDir, templatesDir: TEMPLATES_DIR });
+    engine = await Engine.open({ templatesDir: TEMPLATES_DIR, ...engineOpts, dataDir });
     const key = engine.ensureAdminKey();
     if (!key) throw new Error('a fresh data dir must yield an admin key');
     const server = await startServer({ engine, logger: false, ...opts, listen: '127.0.0.1:0' });
@@ -42,6 +42,7 @@ export async function startTestServer(opts: Partial<Omit<ServerOptions, 'engine'
           await server.close();
         } finally {
           await killLeftovers(eng);
+          await eng.shutdownStorage(); // volumes' mounts and loop devices
           await eng.close();
           rmSync(dataDir, { recursive: true, force: true });
         }

@@ -11,6 +11,8 @@ export interface RunFlags extends SandboxFlags {
   execTimeout?: number;
   /** false with --no-stdin. */
   stdin?: boolean;
+  /** --outputs: extract the sandbox's outputs here once CMD exited. */
+  outputs?: string;
 }
 
 export async function runCommand(cmd: string[], flags: RunFlags): Promise<number> {
@@ -40,6 +42,11 @@ export async function runCommand(cmd: string[], flags: RunFlags): Promise<number
     const outcome = await execute(backend, sandbox, req, flags, interrupt.signal);
     if (interrupt.received()) return interrupted(sandbox.id);
     if (outcome.message) warn(outcome.message);
+    if (flags.outputs !== undefined) {
+      // Before the sandbox is destroyed; a failure is Airlock's (125) unless CMD failed already.
+      const collected = await collectRunOutputs(backend, sandbox.id, flags.outputs);
+      if (!collected && outcome.exitCode === 0) return EXIT.runFailure;
+    }
     return outcome.exitCode;
   } catch (e) {
     if (interrupt.received()) return interrupted(sandbox?.id ?? null);
@@ -96,6 +103,17 @@ async function execute(backend: Backend, sandbox: SandboxInfo, req: ExecRequest,
       return outcome;
     }
     throw e;
+  }
+}
+
+async function collectRunOutputs(backend: Backend, id: string, dir: string): Promise<boolean> {
+  try {
+    const { collectOutputs } = await import('./files.js');
+    await collectOutputs(backend, id, dir);
+    return true;
+  } catch (e) {
+    warn(`could not collect the outputs into ${dir}: ${explainError(e).message}`);
+    return false;
   }
 }
 

@@ -8,6 +8,14 @@ export interface ServeFlags {
   listen: string;
   dataDir: string;
   dnsUpstream?: string;
+  /** --mount-allow, repeatable. */
+  mountAllow?: string[];
+  /** false with --no-rw-mounts. */
+  rwMounts?: boolean;
+  /** --storage-size, MiB. */
+  storageSize?: number;
+  /** --max-upload, MiB: the largest file one PUT may write (413 past it). */
+  maxUpload?: number;
 }
 
 /**
@@ -30,7 +38,12 @@ export function saveAdminKey(dataDir: string, key: string): string {
 
 export async function serveCommand(flags: ServeFlags): Promise<number> {
   const [{ openEngine }, { startServer }] = await Promise.all([import('../backend-embedded.js'), import('@airlock/server')]);
-  const engine = await openEngine({ dataDir: flags.dataDir, ...(flags.dnsUpstream ? { dnsUpstream: flags.dnsUpstream } : {}) });
+  const engine = await openEngine({
+    dataDir: flags.dataDir,
+    ...(flags.dnsUpstream ? { dnsUpstream: flags.dnsUpstream } : {}),
+    mountPolicy: { allowReadWrite: flags.rwMounts !== false, ...(flags.mountAllow ? { allowedHostPrefixes: flags.mountAllow } : {}) },
+    ...(flags.storageSize ? { storageSizeGiB: flags.storageSize / 1024 } : {}),
+  });
   let server: Awaited<ReturnType<typeof startServer>> | undefined;
   try {
     const key = engine.ensureAdminKey();
@@ -38,7 +51,9 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
       const path = saveAdminKey(flags.dataDir, key);
       process.stdout.write(`Admin API key (shown once; saved to ${path}, mode 0600):\n${key}\n`);
     }
-    server = await startServer({ engine, listen: flags.listen });
+    server = await startServer({
+      engine, listen: flags.listen, ...(flags.maxUpload ? { uploadLimitBytes: flags.maxUpload * 1024 * 1024 } : {}),
+    });
     process.stdout.write(`airlockd listening on ${server.url}\n`);
     const sig = await new Promise<NodeJS.Signals>((resolve) => {
       process.once('SIGINT', resolve);

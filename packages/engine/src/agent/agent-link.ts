@@ -11,13 +11,17 @@ import { EventEmitter } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import {
-  FrameDecoder, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
-  decodeError, decodeExit, decodeHello, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
-  encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeU32s,
+  FrameDecoder, MAX_AGENT_TYPE, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
+  decodeError, decodeExit, decodeFileEvent, decodeHello, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
+  decodeWalkEntry, encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeRename, encodeU32s,
 } from './protocol.js';
-import type { AgentDirEntry, AgentExecSpec, AgentExit, AgentFileStat, AgentProcess, Frame } from './protocol.js';
+import type {
+  AgentDirEntry, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry, Frame,
+} from './protocol.js';
 
-export type { AgentDirEntry, AgentExecSpec, AgentExit, AgentFileStat, AgentProcess } from './protocol.js';
+export type {
+  AgentDirEntry, AgentEventKind, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry,
+} from './protocol.js';
 
 /** A request the agent answered with an ERROR frame (errno as in Linux: ENOENT=2, ELOOP=40 …). */
 export class AgentError extends Error {
@@ -50,6 +54,19 @@ export interface AgentExecHandle {
   /** Signals the exec's whole process group (1..64). */
   signal(signo: number): void;
 }
+
+/** A running FWATCH. */
+export interface AgentWatch {
+  /** Resolves with the agent's normalized path once the watch is in place; rejects like any op. */
+  ready: Promise<string>;
+  /** Resolves when the watch ends: stop(), or its directory was removed or moved ('ended'). */
+  done: Promise<void>;
+  /** Ends the watch (CANCEL); no event is delivered after it. */
+  stop(): void;
+}
+
+/** What FWALK yields: an entry, then (for a file) exactly `size` bytes of Buffers. */
+export type AgentWalkItem = AgentWalkEntry | Buffer;
 
 export interface AgentExecOutput {
   onStdout?(b: Buffer): void;
@@ -277,7 +294,7 @@ export class AgentLink extends EventEmitter {
     for (const f of frames) {
       if (sock !== this.conn) return;
       try {
-        if (f.type < MsgType.STARTED || f.type > MsgType.FLIST_RESULT) {
+        if (f.type < MsgType.STARTED || f.type > MAX_AGENT_TYPE) {
           throw new ProtocolError(`unexpected frame type ${f.type}`);
         }
         // Unknown channels: an op that finished, failed or was cancelled; late frames are dropped.
@@ -537,18 +554,22 @@ export class AgentLink extends EventEmitter {
   }
 
   /**
-   * Streams a file. A consumer that falls more than 8 MiB behind pauses the whole link (all
-   * channels) until it catches up: memory stays bounded, at the cost of head-of-line blocking.
-   * Breaking out of the loop cancels the read in the agent.
+   * One request whose answer is a stream of items. A consumer that falls more than 8 MiB
+   * behind pauses the whole link (all channels) until it catches up: memory stays bounded, at
+   * the cost of head-of-line blocking. Leaving the loop early sends CANCEL to the agent.
+   * `onFrame` turns a frame into items (`push`, with the bytes each costs) or ends the stream.
    */
-  async *readFileStream(path: string): AsyncIterable<Buffer> {
-    const bad = pathProblem(path);
-    if (bad) throw new AgentError(EINVAL, bad);
+  private async *streamRequest<T>(
+    type: number,
+    payload: Buffer,
+    onFrame: (f: Frame, push: (item: T, bytes: number) => void, end: () => void) => void,
+  ): AsyncGenerator<T> {
     const sock = this.conn;
     if (!sock) throw new AgentDisconnectedError();
     const channel = this.allocChannel();
-    const pauseToken = Symbol('readFileStream');
-    const queue: Buffer[] = [];
+    const pauseToken = Symbol('stream');
+    const queue: { item: T; bytes: number }[] = [];
+    let head = 0;
     let queued = 0;
     let ended = false;
     let error: Error | null = null;
@@ -558,21 +579,23 @@ export class AgentLink extends EventEmitter {
       wake = null;
       w?.();
     };
+    const push = (item: T, bytes: number): void => {
+      queue.push({ item, bytes });
+      queued += bytes;
+      if (queued > STREAM_HIGH_WATER) this.holdPause(pauseToken);
+    };
+    const end = (): void => {
+      this.channels.delete(channel);
+      ended = true;
+    };
     this.channels.set(channel, {
       onFrame: (f) => {
         if (f.type === MsgType.ERROR) {
           const e = decodeError(f.payload);
           this.channels.delete(channel);
           error = new AgentError(e.errno, e.message);
-        } else if (f.type !== MsgType.FDATA) {
-          throw new ProtocolError(`FREAD: unexpected frame ${f.type}`);
-        } else if (f.payload.length === 0) {
-          this.channels.delete(channel);
-          ended = true;
         } else {
-          queue.push(f.payload);
-          queued += f.payload.length;
-          if (queued > STREAM_HIGH_WATER) this.holdPause(pauseToken);
+          onFrame(f, push, end);
         }
         notify();
       },
@@ -581,14 +604,19 @@ export class AgentLink extends EventEmitter {
         notify();
       },
     });
-    this.writeFrame(sock, MsgType.FREAD, channel, encodePathRequest(path));
+    this.writeFrame(sock, type, channel, payload);
     try {
       for (;;) {
-        const b = queue.shift();
-        if (b) {
-          queued -= b.length;
+        if (head < queue.length) {
+          const { item, bytes } = queue[head]!;
+          queue[head++] = undefined as never;
+          if (head > 1024 && head * 2 > queue.length) {
+            queue.splice(0, head);
+            head = 0;
+          }
+          queued -= bytes;
           if (queued < STREAM_LOW_WATER) this.releasePause(pauseToken);
-          yield b;
+          yield item;
           continue;
         }
         if (error) throw error;
@@ -602,6 +630,46 @@ export class AgentLink extends EventEmitter {
         if (this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
       }
     }
+  }
+
+  /** Streams a file (see streamRequest for the memory bound). Breaking out cancels the read. */
+  async *readFileStream(path: string): AsyncIterable<Buffer> {
+    const bad = pathProblem(path);
+    if (bad) throw new AgentError(EINVAL, bad);
+    yield* this.streamRequest<Buffer>(MsgType.FREAD, encodePathRequest(path), (f, push, end) => {
+      if (f.type !== MsgType.FDATA) throw new ProtocolError(`FREAD: unexpected frame ${f.type}`);
+      if (f.payload.length === 0) end();
+      else push(f.payload, f.payload.length);
+    });
+  }
+
+  /**
+   * Walks a directory tree inside the agent without following any link: entries (paths
+   * relative to `path`), each regular file's entry followed by exactly its size in Buffers.
+   * The agent enforces the size (a file that shrinks is padded with zeros, one that grows is
+   * cut); more or fewer bytes from it break the protocol and drop the connection.
+   */
+  async *walk(path: string): AsyncIterable<AgentWalkItem> {
+    const bad = pathProblem(path);
+    if (bad) throw new AgentError(EINVAL, bad);
+    let remaining = 0;
+    yield* this.streamRequest<AgentWalkItem>(MsgType.FWALK, encodePathRequest(path), (f, push, end) => {
+      if (f.type === MsgType.FDATA) {
+        if (f.payload.length === 0 || f.payload.length > remaining) throw new ProtocolError('FWALK: file data beyond its size');
+        remaining -= f.payload.length;
+        push(f.payload, f.payload.length);
+        return;
+      }
+      if (remaining > 0) throw new ProtocolError('FWALK: file data shorter than its size');
+      if (f.type === MsgType.FWALK_ENTRY) {
+        const entry = decodeWalkEntry(f.payload);
+        if (entry.type === 'file') remaining = entry.size;
+        push(entry, 64 + entry.path.length + entry.linkTarget.length);
+        return;
+      }
+      AgentLink.expectEmptyOk(f, 'FWALK');
+      end();
+    });
   }
 
   /** Writes via a temp file renamed into place; resolves with the new file's stat. */
@@ -709,6 +777,95 @@ export class AgentLink extends EventEmitter {
       AgentLink.expectEmptyOk(f, 'FMKDIR');
       ctl.resolve();
     });
+  }
+
+  /** Renames inside the sandbox; the last component of either path is never followed. */
+  rename(from: string, to: string, opts: { overwrite?: boolean } = {}): Promise<AgentFileStat> {
+    const bad = pathProblem(from) ?? pathProblem(to);
+    if (bad) return Promise.reject(new AgentError(EINVAL, bad));
+    return this.request<AgentFileStat>(MsgType.FRENAME, encodeRename(from, to, opts.overwrite ?? false), (f, ctl) => {
+      if (f.type !== MsgType.FOK) throw new ProtocolError(`FRENAME: unexpected frame ${f.type}`);
+      ctl.resolve(decodeStat(f.payload));
+    });
+  }
+
+  /**
+   * Watches a directory (and with `recursive` every directory below it, also ones created
+   * later). The agent coalesces events over 50 ms windows and, past its bounds, drops them
+   * for one 'overflow' event. `onEvent` never sees 'ready' or 'ended' (those settle `ready`
+   * and `done`); events outside the watched directory break the protocol.
+   */
+  watch(path: string, opts: { recursive?: boolean }, onEvent: (e: AgentFileEvent) => void): AgentWatch {
+    const bad = pathProblem(path);
+    const sock = this.conn;
+    const failed = (e: Error): AgentWatch => {
+      const ready = Promise.reject<string>(e);
+      const done = Promise.reject<void>(e);
+      ready.catch(noop);
+      done.catch(noop);
+      return { ready, done, stop: noop };
+    };
+    if (bad) return failed(new AgentError(EINVAL, bad));
+    if (!sock) return failed(new AgentDisconnectedError());
+    const channel = this.allocChannel();
+    let resolveReady!: (root: string) => void;
+    let rejectReady!: (e: Error) => void;
+    let resolveDone!: () => void;
+    let rejectDone!: (e: Error) => void;
+    const ready = new Promise<string>((res, rej) => { resolveReady = res; rejectReady = rej; });
+    const done = new Promise<void>((res, rej) => { resolveDone = res; rejectDone = rej; });
+    ready.catch(noop);
+    done.catch(noop);
+    let root: string | null = null;
+    const inside = (p: string): boolean => root === '/' || p === root || p.startsWith(`${root}/`);
+    const finish = (e?: Error): void => {
+      this.channels.delete(channel);
+      if (root === null) rejectReady(e ?? new AgentDisconnectedError('watch ended before it started'));
+      if (e) rejectDone(e);
+      else resolveDone();
+    };
+    this.channels.set(channel, {
+      onFrame: (f) => {
+        if (f.type === MsgType.ERROR) {
+          const e = decodeError(f.payload);
+          finish(new AgentError(e.errno, e.message));
+          return;
+        }
+        if (f.type !== MsgType.FEVENT) throw new ProtocolError(`FWATCH: unexpected frame ${f.type}`);
+        const ev = decodeFileEvent(f.payload);
+        if (root === null) {
+          if (ev.kind !== 'ready') throw new ProtocolError('FWATCH: event before ready');
+          root = ev.path;
+          resolveReady(root);
+          return;
+        }
+        if (ev.kind === 'ready' || !inside(ev.path) || (ev.from !== undefined && !inside(ev.from))) {
+          throw new ProtocolError('FWATCH: event outside the watched directory');
+        }
+        if (ev.kind === 'ended') {
+          finish();
+          return;
+        }
+        try {
+          onEvent(ev);
+        } catch {
+          // The consumer's exception must not tear down the link.
+        }
+      },
+      fail: (e) => finish(e),
+    });
+    this.writeFrame(sock, MsgType.FWATCH, channel, encodePathRequest(path, opts.recursive ? 1 : 0));
+    return {
+      ready,
+      done,
+      stop: () => {
+        if (!this.channels.has(channel)) return;
+        this.channels.delete(channel);
+        if (this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
+        if (root === null) rejectReady(new AgentError(125, 'watch stopped'));
+        resolveDone();
+      },
+    };
   }
 
   /** Closes the server and any connection, fails pending ops, removes the socket file. */

@@ -29,6 +29,9 @@ export const MsgType = {
   FDELETE: 14,
   FSTAT: 15,
   FMKDIR: 16,
+  FRENAME: 17,
+  FWATCH: 18,
+  FWALK: 19,
   // agent → host
   HELLO: 128,
   STARTED: 129,
@@ -41,7 +44,12 @@ export const MsgType = {
   FDATA: 136,
   FOK: 137,
   FLIST_RESULT: 138,
+  FWALK_ENTRY: 139,
+  FEVENT: 140,
 } as const;
+
+/** Highest frame type the agent may send. */
+export const MAX_AGENT_TYPE = MsgType.FEVENT;
 
 export const ExecFlags = { KEEP_STDIN: 1, BACKGROUND: 2 } as const;
 export const EXIT_TIMED_OUT = 1;
@@ -61,6 +69,25 @@ export interface AgentFileStat {
 
 export interface AgentDirEntry extends AgentFileStat {
   name: string;
+}
+
+/** One entry of an FWALK: a path relative to the walked directory, never `..`, never absolute. */
+export interface AgentWalkEntry extends AgentFileStat {
+  type: 'file' | 'dir' | 'symlink';
+  path: string;
+  /** The link's target as stored (never resolved); '' unless a symlink. */
+  linkTarget: string;
+}
+
+export type AgentEventKind = 'ready' | 'created' | 'modified' | 'deleted' | 'moved' | 'overflow' | 'ended';
+
+/** One FEVENT of a watch; paths are absolute inside the sandbox. */
+export interface AgentFileEvent {
+  kind: AgentEventKind;
+  path: string;
+  isDir: boolean;
+  /** For 'moved': where it was. */
+  from?: string;
 }
 
 export interface AgentProcess {
@@ -177,6 +204,11 @@ export function encodePathRequest(path: string, ...prefix: number[]): Buffer {
   const w = new PayloadWriter();
   for (const v of prefix) w.u32(v);
   return w.str(path).finish();
+}
+
+/** FRENAME: `u32 flags, from\0, to\0`. */
+export function encodeRename(from: string, to: string, overwrite: boolean): Buffer {
+  return new PayloadWriter().u32(overwrite ? 1 : 0).str(from).str(to).finish();
 }
 
 export function encodeHello(token: string, version = PROTOCOL_VERSION): Buffer {
@@ -392,6 +424,61 @@ export function decodeListEntries(payload: Buffer): AgentDirEntry[] {
     out.push({ name, ...st });
   }
   return out;
+}
+
+const MAX_PATH_BYTES = 4095;
+
+/** A relative path the host may join under a directory: no `..`, `.`, empty or absolute parts. */
+export function isSafeRelativePath(p: string): boolean {
+  if (p === '' || p.startsWith('/') || Buffer.byteLength(p) > MAX_PATH_BYTES) return false;
+  return p.split('/').every((c) => c !== '' && c !== '.' && c !== '..');
+}
+
+/** An absolute, normalized path: no `.`, `..` or empty components. */
+function isNormalAbsolute(p: string): boolean {
+  if (p === '/') return true;
+  return p.startsWith('/') && Buffer.byteLength(p) <= MAX_PATH_BYTES && isSafeRelativePath(p.slice(1));
+}
+
+export function decodeWalkEntry(payload: Buffer): AgentWalkEntry {
+  const r = new PayloadReader(payload, 'FWALK_ENTRY');
+  const st = readStat(r);
+  const path = r.strBytes().toString('utf8');
+  const linkTarget = r.strBytes().toString('utf8');
+  r.end();
+  if (st.type === 'other') throw new ProtocolError('FWALK_ENTRY: unexpected file type');
+  if (!isSafeRelativePath(path)) throw new ProtocolError('FWALK_ENTRY: bad path');
+  if ((st.type === 'symlink') !== (linkTarget !== '') || Buffer.byteLength(linkTarget) > MAX_PATH_BYTES) {
+    throw new ProtocolError('FWALK_ENTRY: bad link target');
+  }
+  return { ...st, type: st.type, path, linkTarget };
+}
+
+const EVENT_KINDS: Record<number, AgentEventKind> = {
+  0x72: 'ready', // 'r'
+  0x63: 'created', // 'c'
+  0x6d: 'modified', // 'm'
+  0x64: 'deleted', // 'd'
+  0x76: 'moved', // 'v'
+  0x6f: 'overflow', // 'o'
+  0x78: 'ended', // 'x'
+};
+
+export function decodeFileEvent(payload: Buffer): AgentFileEvent {
+  const r = new PayloadReader(payload, 'FEVENT');
+  const kind = EVENT_KINDS[r.u8()];
+  const isDir = r.u8();
+  const path = r.strBytes().toString('utf8');
+  const from = r.strBytes().toString('utf8');
+  r.end();
+  if (!kind || isDir > 1) throw new ProtocolError('FEVENT: bad kind');
+  if (!isNormalAbsolute(path)) throw new ProtocolError('FEVENT: bad path');
+  if ((kind === 'moved') !== (from !== '') || (from !== '' && !isNormalAbsolute(from))) {
+    throw new ProtocolError('FEVENT: bad source path');
+  }
+  const e: AgentFileEvent = { kind, path, isDir: isDir === 1 };
+  if (kind === 'moved') e.from = from;
+  return e;
 }
 
 /** PS_RESULT text: `pid\tchannel\targ\x01arg…\n` per process. */

@@ -1,11 +1,12 @@
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENT_PATH_IN_SANDBOX, CONTROL_DIR_IN_SANDBOX, HOST_SOCKET_NAME, SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from '../constants.js';
+import { fsUsage, type DiskUsage } from '../storage/disk-watch.js';
 import { run } from '../util/run.js';
 import { oomKills, pidsMaxHits, removeCgroup } from './cgroups.js';
 import type { DriverStatus, LimitCounters, RuntimeDriver, SandboxLaunch } from './driver.js';
 import { buildOciSpec } from './oci-spec.js';
-import { mountRootfs, rootfsHelper, unmountRootfs } from './rootfs.js';
+import { mountRootfs, rootfsHelper, rootfsPaths, unmountRootfs } from './rootfs.js';
 
 export const cgroupsPathFor = (id: string) => `/airlock/${id}`;
 
@@ -39,7 +40,7 @@ export class ContainerDriver implements RuntimeDriver {
     // The agent binary is bound onto this placeholder; it must exist because /run/airlock is read-only inside.
     closeSync(openSync(join(l.controlDir, 'bin', 'airlock-agent'), 'a', 0o755));
     try {
-      const { rootfs } = await mountRootfs(this.rootfsHelper, l.dir, l.template.layers, l.spec.resources.diskMiB);
+      const { rootfs } = await mountRootfs(this.rootfsHelper, l.dir, l.template.layers, l.blankLayer);
       const spec = buildOciSpec({
         rootfsPath: rootfs,
         hostname: `airlock-${l.id.slice(0, 8)}`,
@@ -54,6 +55,7 @@ export class ContainerDriver implements RuntimeDriver {
           { source: l.controlDir, target: CONTROL_DIR_IN_SANDBOX, readOnly: true },
           { source: l.agentBinary, target: AGENT_PATH_IN_SANDBOX, readOnly: true },
           ...l.spec.mounts.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
+          ...l.volumeBinds.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
         ],
       });
       writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
@@ -89,10 +91,22 @@ export class ContainerDriver implements RuntimeDriver {
     if (killed) {
       rmSync(join(this.stateRoot, id), { recursive: true, force: true });
     } else {
-      await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+      const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+      if (r.code !== 0 && (await this.status(id)) !== 'absent') {
+        throw new Error(`${this.runtimeBinary} delete ${id} failed: ${r.stderr.trim().slice(0, 500)}`);
+      }
     }
+    // Every process is dead by now: the mounts can go while the cgroup (synchronously) does.
+    const unmounted = unmountRootfs(this.rootfsHelper, dir);
+    unmounted.catch(() => {}); // awaited below; must not be an unhandled rejection meanwhile
     removeCgroup(cgroupsPathFor(id));
-    await unmountRootfs(this.rootfsHelper, dir);
+    try {
+      await unmounted;
+    } catch {
+      // A mount still pinned by a namespace the kernel is tearing down: once more, a moment later.
+      await new Promise((r) => setTimeout(r, 100));
+      await unmountRootfs(this.rootfsHelper, dir);
+    }
     rmSync(dir, { recursive: true, force: true });
   }
 
@@ -122,6 +136,10 @@ export class ContainerDriver implements RuntimeDriver {
   limitCounters(id: string): LimitCounters {
     const path = cgroupsPathFor(id);
     return { oomKills: oomKills(path), pidsMaxHits: pidsMaxHits(path) };
+  }
+
+  diskUsage(id: string): DiskUsage | null {
+    return fsUsage(rootfsPaths(this.sandboxDir(id)).layer);
   }
 }
 

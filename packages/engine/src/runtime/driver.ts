@@ -1,4 +1,5 @@
-import type { RuntimeName, SandboxSpec } from '../types.js';
+import type { DiskUsage } from '../storage/disk-watch.js';
+import type { MountSpec, RuntimeName, SandboxSpec } from '../types.js';
 
 export interface TemplateRef {
   name: string;
@@ -19,6 +20,13 @@ export interface SandboxLaunch {
   controlDir: string;
   agentBinary: string;
   agentToken: string;
+  /**
+   * A formatted empty file system image of exactly the disk quota (never written to: the driver
+   * copies it), to become the sandbox's writable layer.
+   */
+  blankLayer: string;
+  /** Host directories of the sandbox's volumes, bound after spec.mounts. */
+  volumeBinds: MountSpec[];
   /**
    * Resolves when the agent has dialled in. A driver may treat it as proof of a successful
    * start and return before its runtime's own bookkeeping finishes (it must then let that
@@ -50,4 +58,6 @@ export interface RuntimeDriver {
   list(): Promise<string[]>;
   /** Kernel counters read before and after an exec to tell why a process died. */
   limitCounters(id: string): LimitCounters;
+  /** Space and inodes of the sandbox's writable layer; null when it has none (any more). */
+  diskUsage(id: string): DiskUsage | null;
 }

@@ -4,6 +4,8 @@ import type { SandboxSpec, SandboxSpecInput } from '../types.js';
 
 export const DEFAULT_RESOURCES = { cpus: 1, memoryMiB: 512, diskMiB: 1024, pids: 256 } as const;
 export const DEFAULT_TIMEOUT_SECONDS = 300;
+/** Where an agent's results are collected from unless the spec says otherwise. */
+export const DEFAULT_OUTPUT_PATH = '/work/out';
 export const MAX_TIMEOUT_SECONDS = 86_400;
 
 const envKey = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'must be a shell-style variable name').max(256);
@@ -25,6 +27,15 @@ export const mountSchema = z.object({
   readOnly: z.boolean().optional(),
 }).strict();
 
+/** Volume names: what `airlock volume create NAME` accepts; unique per tenant. */
+export const volumeNameSchema = z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be a volume name (lowercase letters, digits, . _ -; up to 63)');
+
+export const volumeMountSchema = z.object({
+  name: volumeNameSchema,
+  target: absolutePath,
+  readOnly: z.boolean().optional(),
+}).strict();
+
 export const sandboxSpecInputSchema = z.object({
   template: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,62}$/, 'must be a template name').optional(),
   runtime: z.enum(['container', 'gvisor', 'microvm']).optional(),
@@ -35,8 +46,10 @@ export const sandboxSpecInputSchema = z.object({
     deny: z.array(hostPattern).max(256).optional(),
   }).strict().optional(),
   mounts: z.array(mountSchema).max(32).optional(),
+  volumes: z.array(volumeMountSchema).max(16).optional(),
   env: z.record(envKey, noNul(128 * 1024)).optional(),
   workdir: absolutePath.optional(),
+  outputPath: absolutePath.optional(),
   metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
 }).strict();
 
@@ -65,8 +78,10 @@ export function parseSpec(input: unknown): SandboxSpec {
     timeoutSeconds: i.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
     network: { allow: i.network?.allow ?? [], deny: i.network?.deny ?? [] },
     mounts: (i.mounts ?? []).map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly ?? true })),
+    volumes: (i.volumes ?? []).map((v) => ({ name: v.name, target: v.target, readOnly: v.readOnly ?? true })),
     env,
     workdir: i.workdir ?? '/work',
+    outputPath: i.outputPath ?? DEFAULT_OUTPUT_PATH,
     metadata,
   };
 }

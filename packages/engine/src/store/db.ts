@@ -44,6 +44,15 @@ const MIGRATIONS: string[] = [
      hash TEXT NOT NULL
    );
    CREATE INDEX events_sandbox ON events(sandbox, seq);`,
+  // 2: named volumes (storage/volumes.ts); a name is unique within its tenant.
+  `CREATE TABLE volumes (
+     id TEXT PRIMARY KEY,
+     tenant TEXT NOT NULL,
+     name TEXT NOT NULL,
+     size_mib INTEGER NOT NULL,
+     created_at INTEGER NOT NULL,
+     UNIQUE (tenant, name)
+   );`,
 ];
 
 export function openDb(file: string): Db {

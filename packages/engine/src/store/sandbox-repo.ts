@@ -1,5 +1,6 @@
 import type { Db } from './db.js';
 import type { SandboxInfo, SandboxSpec, SandboxState } from '../types.js';
+import { DEFAULT_OUTPUT_PATH } from '../sandbox/spec.js';
 
 /** A sandbox as stored: its public info plus what only the engine needs. */
 export interface SandboxRecord {
@@ -130,7 +131,11 @@ export function toSandboxInfo(r: SandboxRecord): SandboxInfo {
     resources: r.spec.resources,
     network: r.spec.network,
     mounts: r.spec.mounts,
+    // Records written before volumes existed have none.
+    volumes: r.spec.volumes ?? [],
     workdir: r.spec.workdir,
+    // Records from before outputPath existed collect from the default.
+    outputPath: r.spec.outputPath ?? DEFAULT_OUTPUT_PATH,
     metadata: r.spec.metadata,
     createdAt: new Date(r.createdAt).toISOString(),
     startedAt: iso(r.startedAt),

@@ -3,7 +3,8 @@ import { dirname, join, normalize } from 'node:path';
 import { AirlockError } from '../errors.js';
 import { describeFailure, runProgram } from './run-program.js';
 
-const BUSYBOX = '/bin/busybox';
+export const BUSYBOX_PATH = '/bin/busybox';
+const BUSYBOX = BUSYBOX_PATH;
 
 /** Directories of the tiny rootfs and their modes (mkdir's mode is masked by umask; chmod is not). */
 const TINY_DIRS: ReadonlyArray<readonly [string, number]> = [

@@ -3,21 +3,27 @@ import { join } from 'node:path';
 import { AirlockError } from '../errors.js';
 import { describeFailure, runProgram } from './run-program.js';
 
-export const BASE_SUITE = 'bookworm';
 const DEBOOTSTRAP_TIMEOUT_MS = 30 * 60_000;
 
 /** debootstrap's per-package chatter; phase lines and warnings still reach the log. */
 const PER_PACKAGE_LINE = /^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) [^ ]+(?: [^ ]+)?$/;
 
+export interface DebootstrapOptions {
+  suite: string;
+  /** debootstrap's --variant; 'default' passes none. */
+  variant: string;
+  mirror: string;
+}
+
 /**
- * Debian 12 minbase plus python3 and CA certificates, from the host's own mirror
- * (about 35 s and 260 MiB). `rootfs` must not exist yet; debootstrap creates it.
+ * A Debian root filesystem from the host's own mirror (bookworm minbase: about 30 s).
+ * Packages are installed by a later layer, so this one is shared by every recipe of the
+ * same suite and variant. `rootfs` must not exist yet; debootstrap creates it.
  */
-export async function populateBaseRootfs(rootfs: string, mirror: string, log: (line: string) => void): Promise<void> {
-  log(`debootstrap --variant=minbase ${BASE_SUITE} from ${mirror}`);
-  const r = await runProgram('debootstrap', [
-    '--variant=minbase', '--include=python3,ca-certificates', BASE_SUITE, rootfs, mirror,
-  ], {
+export async function debootstrapRootfs(rootfs: string, o: DebootstrapOptions, log: (line: string) => void): Promise<void> {
+  const variant = o.variant === 'default' ? [] : [`--variant=${o.variant}`];
+  log(`debootstrap ${variant.join(' ')} ${o.suite} from ${o.mirror}`);
+  const r = await runProgram('debootstrap', [...variant, o.suite, rootfs, o.mirror], {
     timeoutMs: DEBOOTSTRAP_TIMEOUT_MS,
     env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive', LC_ALL: 'C' },
     onLine: (line) => {
