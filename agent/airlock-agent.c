@@ -938,7 +938,7 @@ static void handle_exec(uint32_t ch, struct rd r)
 
 	int background = (flags & EXEC_BACKGROUND) != 0;
 	int keep_stdin = !background && (flags & EXEC_KEEP_STDIN);
-	int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 };
+	int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 }, pready[2] = { -1, -1 };
 	struct exec *e = NULL;
 	int err = 0;
 	if (g_exec_count >= MAX_EXECS)
@@ -951,6 +951,8 @@ static void handle_exec(uint32_t ch, struct rd r)
 		err = errno;
 	pid_t pid = -1;
 	const char *cmd = argv[0]; /* points into the frame, which outlives this call */
+	if (!err && pipe2(pready, O_CLOEXEC) != 0)
+		pready[0] = pready[1] = -1; /* then STARTED goes out right after fork, as a fallback */
 	if (!err) {
 		pid = fork();
 		if (pid == 0)
@@ -964,10 +966,12 @@ static void handle_exec(uint32_t ch, struct rd r)
 	close_fd(&pin[0]);
 	close_fd(&pout[1]);
 	close_fd(&perr[1]);
+	close_fd(&pready[1]);
 	if (err) {
 		close_fd(&pin[1]);
 		close_fd(&pout[0]);
 		close_fd(&perr[0]);
+		close_fd(&pready[0]);
 		free(e);
 		send_error(ch, err, "exec %.256s", cmd);
 		return;
@@ -984,12 +988,15 @@ static void handle_exec(uint32_t ch, struct rd r)
 	if (e->in_fd >= 0)
 		set_nonblock(e->in_fd);
 	e->deadline = timeout ? now_ms() + timeout : 0;
+	e->started_pid = pid;
+	e->ready_fd = pready[0];
 	e->next = g_execs;
 	g_execs = e;
 	g_exec_count++;
-	unsigned char p[4];
-	put32(p, (uint32_t)pid);
-	send_frame(T_STARTED, ch, p, 4);
+	if (e->ready_fd < 0)
+		exec_announce(e);
+	else
+		set_nonblock(e->ready_fd);
 }
 
 static void stdin_flush(struct exec *e)
@@ -2664,7 +2671,7 @@ static void setup_signals(void)
 }
 
 /* ---- main loop ---- */
-enum { K_SIG, K_SOCK, K_OUT, K_ERR, K_IN, K_WATCH };
+enum { K_SIG, K_SOCK, K_OUT, K_ERR, K_IN, K_WATCH, K_READY };
 struct slot {
 	int kind;
 	struct exec *e;
@@ -2811,6 +2818,8 @@ static void loop(void)
 				ok = poll_add(&n, e->err_fd, POLLIN, K_ERR, e) == 0;
 			if (ok && e->in_fd >= 0 && e->in_len > e->in_off)
 				ok = poll_add(&n, e->in_fd, POLLOUT, K_IN, e) == 0;
+			if (ok && e->ready_fd >= 0)
+				ok = poll_add(&n, e->ready_fd, POLLIN, K_READY, e) == 0;
 		}
 		for (struct fop *f = g_fops; ok && f; f = f->next) {
 			if (f->kind != FOP_WATCH || f->fd < 0)
@@ -2859,6 +2868,10 @@ static void loop(void)
 			case K_IN:
 				if (e->in_fd == p->fd)
 					stdin_flush(e);
+				break;
+			case K_READY:
+				if (e->ready_fd == p->fd)
+					exec_announce(e); /* EOF: the child exec'd or exited */
 				break;
 			case K_WATCH: {
 				/* A CANCEL handled earlier in this round may have freed it. */

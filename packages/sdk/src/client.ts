@@ -309,9 +309,10 @@ export class ApiClient {
     if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
     let res: Response;
     try {
-      // duplex: required by fetch for a streamed request body.
+      // duplex: required by fetch for a streamed request body; redirect 'error': otherwise fetch
+      // keeps every chunk sent (to replay it on a redirect), so a big image would sit in memory.
       res = await fetch(`${this.url}/v1/templates/${enc(name)}/import`, {
-        method: 'POST', headers, body: tarball as BodyInit, signal: opts.signal, duplex: 'half',
+        method: 'POST', headers, body: tarball as BodyInit, signal: opts.signal, duplex: 'half', redirect: 'error',
       } as RequestInit & { duplex: 'half' });
     } catch (e) {
       throw wrapTransportError(e, this.url);
