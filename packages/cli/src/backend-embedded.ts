@@ -125,8 +125,8 @@ export class EmbeddedBackend implements Backend {
     });
   }
 
-  importTemplate(name: string, tarball: string): Promise<TemplateInfo> {
-    return this.engine.importTemplate(name, tarball);
+  importTemplate(name: string, tarball: string, opts: { relativizeLinks?: boolean } = {}): Promise<TemplateInfo> {
+    return this.engine.importTemplate(name, tarball, { absoluteSymlinks: opts.relativizeLinks ? 'relativize' : 'reject' });
   }
 
   removeTemplate(name: string): Promise<void> {

@@ -100,10 +100,10 @@ export class RemoteBackend implements Backend {
     return this.client.buildTemplate(name, { ...body, ...(req.force ? { force: true } : {}) }, { onLog: (l) => req.onLog(l) });
   }
 
-  async importTemplate(name: string, tarball: string): Promise<TemplateInfo> {
+  async importTemplate(name: string, tarball: string, opts: { relativizeLinks?: boolean } = {}): Promise<TemplateInfo> {
     await stat(tarball); // a missing file is this machine's error, before any request
     const body = Readable.toWeb(createReadStream(tarball)) as unknown as ReadableStream<Uint8Array>;
-    return this.client.importTemplate(name, body);
+    return this.client.importTemplate(name, body, { relativizeLinks: opts.relativizeLinks ?? false });
   }
 
   removeTemplate(name: string): Promise<void> {

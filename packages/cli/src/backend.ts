@@ -74,7 +74,7 @@ export interface Backend {
 
   listTemplates(): Promise<TemplateInfo[]>;
   buildTemplate(name: string, req: TemplateBuildRequest): Promise<TemplateInfo>;
-  importTemplate(name: string, tarball: string): Promise<TemplateInfo>;
+  importTemplate(name: string, tarball: string, opts?: { relativizeLinks?: boolean }): Promise<TemplateInfo>;
   removeTemplate(name: string): Promise<void>;
 
   /** Releases the engine or connection; sandboxes keep running. */

@@ -232,6 +232,7 @@ Examples:
       .description('import an OCI image layout or `docker save` tarball (layers applied in order, whiteouts honoured)')
       .argument('<name>', 'template name')
       .argument('<image.tar>', 'the tarball, plain or gzip')
+      .option('--relativize-links', 'store absolute symlinks (e.g. /etc/localtime -> /usr/share/zoneinfo/UTC) as the equivalent relative links instead of refusing the image')
       .option('--json', 'print the template as JSON'),
   ).action((name: string, tarball: string, opts: Opts) => set(import('./commands/templates.js').then((m) => m.templateImportCommand(name, tarball, opts))));
   addDataDir(

@@ -304,14 +304,14 @@ export class ApiClient {
    * Imports an OCI image layout or `docker save` tarball (admin key). The body is streamed as
    * given: bytes, a Blob, or a ReadableStream (e.g. Node's Readable.toWeb(createReadStream(p))).
    */
-  async importTemplate(name: string, tarball: Uint8Array | Blob | ReadableStream<Uint8Array>, opts: { signal?: AbortSignal } = {}): Promise<TemplateInfo> {
+  async importTemplate(name: string, tarball: Uint8Array | Blob | ReadableStream<Uint8Array>, opts: { signal?: AbortSignal; relativizeLinks?: boolean } = {}): Promise<TemplateInfo> {
     const headers: Record<string, string> = { 'content-type': 'application/x-tar', accept: 'application/json' };
     if (this.apiKey) headers.authorization = `Bearer ${this.apiKey}`;
     let res: Response;
     try {
       // duplex: required by fetch for a streamed request body; redirect 'error': otherwise fetch
       // keeps every chunk sent (to replay it on a redirect), so a big image would sit in memory.
-      res = await fetch(`${this.url}/v1/templates/${enc(name)}/import`, {
+      res = await fetch(`${this.url}/v1/templates/${enc(name)}/import${opts.relativizeLinks ? '?relativizeLinks=1' : ''}`, {
         method: 'POST', headers, body: tarball as BodyInit, signal: opts.signal, duplex: 'half', redirect: 'error',
       } as RequestInit & { duplex: 'half' });
     } catch (e) {

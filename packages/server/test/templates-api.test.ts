@@ -117,6 +117,14 @@ describe('template routes', () => {
     assert.match(((await refused.json()) as { error: { message: string } }).error.message, /^image rejected: .*symlink points outside the image/);
     assert.deepEqual(readdirSync(join(templatesDir, '_layers')).sort(), before);
     assert.ok(!readdirSync(templatesDir).includes('evil'));
+
+    // An absolute symlink is refused by default; ?relativizeLinks=1 stores the relative equivalent.
+    const abs = await ociImage([[{ name: 'etc/', type: 'directory' }, { name: 'etc/zone', content: 'UTC' }, { name: 'etc/localtime', type: 'symlink', linkname: '/etc/zone' }]]);
+    const strict = await api('/v1/templates/abs/import', { method: 'POST', headers: { 'content-type': 'application/x-tar' }, body: abs });
+    assert.equal(strict.status, 400);
+    assert.match(((await strict.json()) as { error: { message: string } }).error.message, /absolute symlink/);
+    const relaxed = await api('/v1/templates/abs/import?relativizeLinks=1', { method: 'POST', headers: { 'content-type': 'application/x-tar' }, body: abs });
+    assert.equal(relaxed.status, 200, await relaxed.clone().text());
   });
 
   test('the SDK builds with progress, imports a stream, lists and removes; 409 while in use', async () => {

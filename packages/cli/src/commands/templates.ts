@@ -3,7 +3,7 @@ import type { BackendOptions, TemplateInfo } from '../backend.js';
 import { EXIT, formatTable, humanBytes, printJson, shortTime } from '../output.js';
 import { withBackend } from '../with-backend.js';
 
-type Flags = BackendOptions & { json?: boolean };
+type Flags = BackendOptions & { json?: boolean; relativizeLinks?: boolean };
 
 const shortDigest = (d: string | null) => (d ? d.replace(/^sha256:/, '').slice(0, 12) : '-');
 
@@ -41,7 +41,7 @@ export async function templateBuildCommand(name: string, flags: Flags & { file?:
 
 export async function templateImportCommand(name: string, tarball: string, flags: Flags): Promise<number> {
   return withBackend(flags, async (b) => {
-    const t = await b.importTemplate(name, tarball);
+    const t = await b.importTemplate(name, tarball, { relativizeLinks: flags.relativizeLinks ?? false });
     printResult(t, flags, 'imported');
     return EXIT.ok;
   });

@@ -15,7 +15,7 @@ import { ROOTFS_DIR, TemplateLayout } from './layout.js';
 import {
   claimLayers, collectGarbage, commitLayer, layerPresent, makeWorkDir, prepareStoreDirs, readLayerMeta, removeTree,
 } from './layer-store.js';
-import { applyLayer, type ApplyState } from './layer-tar.js';
+import { applyLayer, type AbsoluteSymlinks, type ApplyState } from './layer-tar.js';
 import { BUILDER_VERSION, layerDigest, mergeEnv, sha256Hex } from './recipe-plan.js';
 import { writeSandboxEtc } from './sandbox-etc.js';
 import { DEFAULT_TEMPLATE_ENV, DEFAULT_TEMPLATE_WORKDIR, writeManifest } from './template-manifest.js';
@@ -26,6 +26,8 @@ export interface ImportTemplateOptions {
   limits?: Partial<ImportLimits>;
   /** How long to wait for another process building or importing the same name (default 0). */
   waitMs?: number;
+  /** Absolute symlinks in the image: refused (default) or stored as equivalent relative links. */
+  absoluteSymlinks?: AbsoluteSymlinks;
 }
 
 /**
@@ -67,7 +69,7 @@ export async function importTemplate(dir: string, name: string, source: string |
     await mkdir(rootfs, { mode: 0o755 });
     await lchown(rootfs, SANDBOX_ID_BASE, SANDBOX_ID_BASE);
     await chmod(rootfs, 0o755);
-    const state: ApplyState = { unpackedBytes: 0, entries: 0 };
+    const state: ApplyState = { unpackedBytes: 0, entries: 0, absoluteSymlinks: opts.absoluteSymlinks ?? 'reject' };
     const diffIds: string[] = [];
     for (const [i, l] of image.layers.entries()) {
       const label = `layer ${i + 1}/${image.layers.length}`;

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, lchown, link, lstat, lutimes, mkdir, readdir, rm, symlink, utimes } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import * as tar from 'tar-stream';
@@ -36,7 +36,16 @@ import { invalidImage, tooLarge, type ImportLimits } from './import-limits.js';
 /** An entry as tar-stream yields it (its `Source` type is not exported). */
 type TarEntry = tar.Extract extends AsyncIterable<infer S> ? S : never;
 
+/**
+ * What to do with a symlink whose target is absolute. The issue's rule, and the default, is to
+ * refuse the image. `relativize` stores the equivalent relative link instead (`/etc/localtime ->
+ * /usr/share/zoneinfo/UTC` becomes `../usr/share/zoneinfo/UTC`): same meaning inside the
+ * sandbox, and no link in the template's tree on the host can name a host path.
+ */
+export type AbsoluteSymlinks = 'reject' | 'relativize';
+
 export interface ApplyState {
+  absoluteSymlinks?: AbsoluteSymlinks;
   unpackedBytes: number;
   entries: number;
 }
@@ -68,7 +77,7 @@ export async function applyLayer(rootfs: string, blobPath: string, label: string
   feeding.catch(() => {});
   const upstreamFailed = failureOf(feeding);
   upstreamFailed.catch(() => {});
-  const layer = new LayerWriter(rootfs, label);
+  const layer = new LayerWriter(rootfs, label, state.absoluteSymlinks ?? 'reject');
   try {
     for await (const entry of extract) {
       if (++state.entries > limits.maxEntries) throw tooLarge(`layers hold more than ${limits.maxEntries} entries`);
@@ -95,7 +104,7 @@ class LayerWriter {
   private readonly realDirs = new Set<string>(['']);
   private readonly dirAttrs: DirAttrs[] = [];
 
-  constructor(private readonly rootfs: string, private readonly label: string) {}
+  constructor(private readonly rootfs: string, private readonly label: string, private readonly absoluteSymlinks: AbsoluteSymlinks) {}
 
   async apply(entry: TarEntry): Promise<void> {
     const h = entry.header;
@@ -153,9 +162,15 @@ class LayerWriter {
     }
 
     if (type === 'symlink') {
-      const target = h.linkname ?? '';
+      let target = h.linkname ?? '';
       if (target === '' || target.includes('\0')) throw this.fail(name, 'empty symlink target');
       if (lexicalLinkTarget(name, target) === null) throw this.fail(name, `symlink points outside the image: ${target}`);
+      if (target.startsWith('/')) {
+        if (this.absoluteSymlinks === 'reject') {
+          throw this.fail(name, `absolute symlink -> ${target} (import with --relativize-links to store it as the equivalent relative link)`);
+        }
+        target = posix.relative(posix.dirname(posix.join('/', name)), posix.normalize(target)) || '.';
+      }
       await this.replace(host);
       await symlink(target, host);
       await lchown(host, uid + SANDBOX_ID_BASE, gid + SANDBOX_ID_BASE);

@@ -78,7 +78,9 @@ export function templateRoutes(app: FastifyInstance, engine: AirlockEngine): voi
     }, async (req) => {
       const body = req.body as Readable | undefined;
       if (!body || typeof (body as Readable).pipe !== 'function') throw new HttpError(400, 'bad_request', 'send the image tarball as the request body');
-      return engine.importTemplate(req.params.name, body);
+      const q = req.query as { relativizeLinks?: string } | undefined;
+      const relativize = q?.relativizeLinks === '1' || q?.relativizeLinks === 'true';
+      return engine.importTemplate(req.params.name, body, { absoluteSymlinks: relativize ? 'relativize' : 'reject' });
     });
   });
 }
