@@ -14,8 +14,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 # --- Debian packages ---------------------------------------------------------------
 # e2fsprogs: mkfs.ext4 formats sandbox layers and volumes (each its own ext4 on a loop device).
+# nftables + iproute2 (ip, tc): egress control. openssl + curl: the tests' and benchmarks'
+# own HTTPS "internet" (a self-signed CA) and the direct-path baseline.
 readonly PACKAGES=(runc nftables debootstrap iproute2 busybox-static uidmap e2fsprogs
-                   build-essential gcc make libc6-dev ca-certificates)
+                   build-essential gcc make libc6-dev ca-certificates openssl curl)
 
 is_installed() {
   [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]

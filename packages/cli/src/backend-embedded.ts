@@ -57,6 +57,10 @@ export class EmbeddedBackend implements Backend {
     return this.engine.listSandboxes(ADMIN, filter);
   }
 
+  updateNetwork(id: string, policy: { allow?: string[]; deny?: string[]; bandwidthMbps?: number }): Promise<SandboxInfo & { cut: number }> {
+    return this.engine.updateNetwork(ADMIN, id, policy);
+  }
+
   killSandbox(id: string): Promise<SandboxInfo> {
     return this.engine.killSandbox(ADMIN, id);
   }

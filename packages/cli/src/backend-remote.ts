@@ -33,6 +33,10 @@ export class RemoteBackend implements Backend {
     return this.client.listSandboxes(filter ?? {});
   }
 
+  updateNetwork(id: string, policy: { allow?: string[]; deny?: string[]; bandwidthMbps?: number }): Promise<SandboxInfo & { cut: number }> {
+    return this.client.updateNetwork(id, policy) as Promise<SandboxInfo & { cut: number }>;
+  }
+
   killSandbox(id: string): Promise<SandboxInfo> {
     return this.client.killSandbox(id);
   }

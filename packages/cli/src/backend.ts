@@ -52,6 +52,7 @@ export interface Backend {
   getSandbox(id: string): Promise<SandboxInfo>;
   listSandboxes(filter?: { state?: SandboxState; metadata?: Record<string, string> }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
+  updateNetwork(id: string, policy: { allow?: string[]; deny?: string[]; bandwidthMbps?: number }): Promise<SandboxInfo & { cut: number }>;
 
   /** Runs to completion and returns the captured output. */
   exec(id: string, req: ExecRequest): Promise<ExecResult>;

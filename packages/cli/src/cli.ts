@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import {
-  RUNTIMES, SANDBOX_STATES, collectAllowHost, collectEnv, collectLabel, collectMount, parseCpus,
+  RUNTIMES, SANDBOX_STATES, collectAllowHost, collectDenyHost, parseBandwidth, collectEnv, collectLabel, collectMount, parseCpus,
   parseDnsUpstream, parseDurationSeconds, parseFileMode, parseListen, parsePositiveInt, parseSandboxPath,
   parseSignal, parseSizeMiB,
 } from './flags.js';
@@ -47,7 +47,9 @@ function addSandboxOptions(cmd: Command): Command {
       .option('--timeout <duration>', 'sandbox lifetime, e.g. 30s, 5m, 1h; plain number = seconds (default 5m)', (v: string) =>
         parseDurationSeconds(v, '--timeout', { wholeSeconds: true }),
       )
-      .option('--allow-host <host>', 'let the sandbox reach HOST (repeatable; default: no network at all; this build has no egress proxy yet and refuses a non-empty allowlist)', collectAllowHost)
+      .option('--allow-host <host>', 'let the sandbox reach HOST: a name, *.suffix, IPv4 or CIDR, optionally :PORT (repeatable; default: no network at all)', collectAllowHost)
+      .option('--deny-host <host>', 'never let it reach HOST, even if allowed (same forms; repeatable)', collectDenyHost)
+      .option('--bandwidth <rate>', 'cap the sandbox\'s network each way, e.g. 10m (Mbit/s), 1g', (v: string) => parseBandwidth(v))
       .option('--mount <spec>', 'bind HOSTPATH:PATH[:ro|rw] into the sandbox, read-only by default (repeatable)', collectMount)
       .option('--volume <spec>', 'attach volume NAME:PATH[:ro|rw], read-only by default; one rw user at a time (repeatable; see `airlock volume`)', collectVolume)
       .option('--env <K=V>', 'environment variable; a bare K copies it from here (repeatable)', collectEnv)
@@ -141,6 +143,23 @@ Examples:
   addDataDir(sandbox.command('get').description('print a sandbox\'s record as JSON').argument('<id>', 'sandbox id')).action(
     (id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.getCommand(id, opts))),
   );
+
+  addDataDir(
+    sandbox
+      .command('network')
+      .description('change what a running sandbox may reach, live (deny wins; open connections the change refuses are cut)')
+      .argument('<id>', 'sandbox id')
+      .option('--allow-host <host>', 'the new allowlist (repeatable; replaces the old one)', collectAllowHost)
+      .option('--deny-host <host>', 'the new denylist (repeatable; replaces the old one)', collectDenyHost)
+      .option('--no-network', 'take the network away (empty allowlist)')
+      .option('--bandwidth <rate>', 'cap each direction, e.g. 10m', (v: string) => parseBandwidth(v))
+      .option('--json', 'print the updated sandbox record')
+      .addHelpText('after', `
+Examples:
+  $ airlock sandbox network ID --allow-host pypi.org --allow-host files.pythonhosted.org
+  $ airlock sandbox network ID --deny-host pypi.org      # cuts open connections to it
+  $ airlock sandbox network ID --no-network`),
+  ).action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.networkCommand(id, opts as never))));
 
   addDataDir(sandbox.command('kill').description('destroy a sandbox and everything in it').argument('<id>', 'sandbox id'))
     .option('--json', 'print the final record as JSON')

@@ -1,3 +1,4 @@
+import { parseEgressRule } from '@airlock/engine';
 /**
  * Parsers for flag values. Each returns the parsed value or throws UsageError with a message
  * that names the flag and shows a valid example; main turns it into one `airlock: …` line and exit 2.
@@ -122,21 +123,32 @@ export function collectMount(value: string, previous: MountFlag[] | undefined): 
 }
 
 /**
- * An allowed egress host: a DNS name (optionally `*.` wildcard) or an IP literal. URLs and paths are
- * refused here because a common mistake is `--allow-host https://pypi.org/simple`.
+ * An egress policy entry: a host name, `*.suffix`, an IPv4 address or CIDR, each optionally
+ * with :PORT (the engine's grammar). URLs are refused with a hint because a common mistake is
+ * `--allow-host https://pypi.org/simple`.
  */
 export function parseAllowHost(value: string, flag = '--allow-host'): string {
   const host = value.trim().toLowerCase();
-  if (host.includes('://') || host.includes('/')) {
+  if (host.includes('://')) {
     throw new UsageError(`${flag}: '${value}' must be a host name, not a URL (example: ${flag} pypi.org)`);
   }
-  const name = host.startsWith('*.') ? host.slice(2) : host;
-  const label = /^(?!-)[a-z0-9-]{1,63}(?<!-)$/;
-  const isName = name.length > 0 && name.length <= 253 && name.split('.').every((l) => label.test(l));
-  if (!isName && isIP(host) === 0) {
-    throw new UsageError(`${flag}: '${value}' is not a host name (examples: pypi.org, *.github.com)`);
+  try {
+    parseEgressRule(host);
+  } catch (e) {
+    throw new UsageError(`${flag}: ${(e as Error).message} (examples: pypi.org, *.github.com, pypi.org:443, 203.0.113.0/24:5432)`);
   }
   return host;
+}
+
+export function collectDenyHost(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), parseAllowHost(value, '--deny-host')];
+}
+
+export function parseBandwidth(value: string, flag = '--bandwidth'): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?(?:bit|bps|b)?(?:\/s)?$/i.exec(value.trim());
+  const n = m ? Number(m[1]) * ({ k: 0.001, m: 1, g: 1000 }[(m[2] ?? 'm').toLowerCase() as 'k' | 'm' | 'g']) : NaN;
+  if (!(n >= 0.1 && n <= 100_000)) throw new UsageError(`${flag}: '${value}' must be a rate between 100k and 100g bits per second (examples: 10m, 1g; plain number = Mbit/s)`);
+  return n;
 }
 
 export function collectAllowHost(value: string, previous: string[] | undefined): string[] {

@@ -12,6 +12,8 @@ export interface SandboxFlags {
   disk?: number;
   timeout?: number;
   allowHost?: string[];
+  denyHost?: string[];
+  bandwidth?: number;
   mount?: MountFlag[];
   volume?: VolumeFlag[];
   env?: Record<string, string>;
@@ -36,6 +38,8 @@ export function specFromFlags(f: SandboxFlags): SandboxSpecInput {
   if (Object.keys(resources).length > 0) spec.resources = resources;
   if (f.timeout !== undefined) spec.timeoutSeconds = f.timeout;
   if (f.allowHost && f.allowHost.length > 0) spec.network = { allow: [...new Set(f.allowHost)] };
+  if (f.denyHost && f.denyHost.length > 0) spec.network = { ...spec.network, deny: [...new Set(f.denyHost)] };
+  if (f.bandwidth !== undefined) spec.network = { ...spec.network, bandwidthMbps: f.bandwidth };
   if (f.mount && f.mount.length > 0) spec.mounts = f.mount;
   if (f.volume && f.volume.length > 0) spec.volumes = f.volume;
   if (f.env && Object.keys(f.env).length > 0) spec.env = f.env;

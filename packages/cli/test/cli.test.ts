@@ -138,13 +138,17 @@ describe('other flags', () => {
     usage(() => parsePositiveInt('0', '--pids'), /^--pids: '0' must be a whole number/);
     usage(() => parsePositiveInt('1.5', '--pids'), /whole number/);
   });
-  it('--allow-host takes names, wildcards and IPs, not URLs', () => {
+  it('--allow-host takes names, wildcards, IPs, CIDRs and ports, not URLs', () => {
     assert.equal(parseAllowHost('PyPI.org'), 'pypi.org');
     assert.equal(parseAllowHost('*.github.com'), '*.github.com');
     assert.equal(parseAllowHost('192.0.2.10'), '192.0.2.10');
     usage(() => parseAllowHost('https://pypi.org/simple'), /not a URL/);
-    usage(() => parseAllowHost('bad host'), /not a host name/);
-    usage(() => parseAllowHost('-x.com'), /not a host name/);
+    assert.equal(parseAllowHost('pypi.org:443'), 'pypi.org:443');
+    assert.equal(parseAllowHost('203.0.113.0/24:5432'), '203.0.113.0/24:5432');
+    usage(() => parseAllowHost('bad host'), /must be a host name/);
+    usage(() => parseAllowHost('-x.com'), /must be a host name/);
+    usage(() => parseAllowHost('2001:db8::1'), /IPv6 egress is not supported/);
+    usage(() => parseAllowHost('a.test:0'), /port must be/);
   });
   it('--listen keeps a bare port on loopback', () => {
     assert.equal(parseListen('7070'), '127.0.0.1:7070');

@@ -5,6 +5,7 @@ import { delimiter, dirname, join } from 'node:path';
 import { SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from './constants.js';
 import type { DoctorCheck } from './engine-api.js';
 import { describeFailure, runProgram } from './template/run-program.js';
+import { run } from './util/run.js';
 import { TemplateStore } from './template/template-store.js';
 
 export interface DoctorOptions {
@@ -44,6 +45,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     ['overlayfs', checkOverlayfs],
     ['disk-images', checkDiskImages],
     ['nftables', checkNftables],
+    ['egress', checkEgress],
     ['kvm', checkKvm],
     ['templates', () => checkTemplates(opts.templatesDir)],
     ['data-dir', () => checkDataDir(opts.dataDir)],
@@ -297,6 +299,21 @@ async function checkNftables(): Promise<DoctorCheck> {
   return l.code === 0
     ? check('nftables', true, `${version} at ${path}; kernel nf_tables answers`)
     : check('nftables', false, `${version} at ${path}; ${describeFailure('nft list tables', l)}`);
+}
+
+/**
+ * What network egress control needs from the kernel: nf_tables with TPROXY, veth pairs,
+ * tbf for bandwidth caps. `nft --check` has the kernel validate a ruleset without applying it.
+ */
+async function checkEgress(): Promise<DoctorCheck> {
+  const nft = findExecutable('nft');
+  const ip = findExecutable('ip');
+  const tc = findExecutable('tc');
+  if (!nft || !ip || !tc) return check('egress', false, `missing ${[!nft && 'nft', !ip && 'ip', !tc && 'tc'].filter(Boolean).join(', ')} (apt-get install nftables iproute2)`);
+  const probe = 'table inet airlock_doctor { chain p { type filter hook prerouting priority mangle; policy accept; meta l4proto tcp tproxy ip to 127.0.0.1:9 meta mark set 1 accept; }; }';
+  const r = await run(nft, ['--check', '-f', '-'], { timeoutMs: PROBE_TIMEOUT_MS, input: probe, allowFailure: true });
+  if (r.code !== 0) return check('egress', false, `the kernel refuses TPROXY in nf_tables (${r.stderr.trim().split('\n')[0] ?? r.code}): sandboxes with an allowlist cannot start`);
+  return check('egress', true, 'nf_tables TPROXY accepted; sandboxes with an allowlist get a veth, a resolver and the egress proxy');
 }
 
 function checkKvm(): DoctorCheck {

@@ -1,6 +1,6 @@
 import type {
   AuditEvent, ExecExit, ExecHandlers, ExecRequest, ExecResult, FileEntry, ProcessInfo,
-  SandboxInfo, SandboxSpecInput, SandboxState,
+  NetworkPolicy, SandboxInfo, SandboxSpecInput, SandboxState,
 } from './types.js';
 import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from './files/types.js';
 import type { CreateVolumeInput, VolumeInfo } from './types.js';
@@ -64,6 +64,8 @@ export interface AirlockEngine {
   killSandbox(caller: Caller, id: string): Promise<SandboxInfo>;
   /** Sets the remaining lifetime to `timeoutSeconds` from now. */
   setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number): SandboxInfo;
+  /** Live egress policy change (fields left out keep their value); `cut` = connections it closed. */
+  updateNetwork(caller: Caller, id: string, policy: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }>;
 
   /** Runs to completion and returns captured output (capped); handlers see output live. */
   exec(caller: Caller, id: string, req: ExecRequest, handlers?: ExecHandlers): Promise<ExecResult>;

@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, realpathSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentLink, type AgentExit } from './agent/agent-link.js';
@@ -38,7 +38,10 @@ import { processAlive, processStartTime } from './util/proc.js';
 import { listOutputs, tarOutputs } from './files/outputs.js';
 import * as sandboxFiles from './files/sandbox-files.js';
 import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from './files/types.js';
-import { DEFAULT_OUTPUT_PATH } from './sandbox/spec.js';
+import { DEFAULT_OUTPUT_PATH, firstIssue, networkPolicySchema } from './sandbox/spec.js';
+import type { NetworkLease } from './network/address-pool.js';
+import { NetworkManager } from './network/network-manager.js';
+import type { NetworkPolicy } from './types.js';
 
 export interface EngineOptions {
   dataDir?: string;
@@ -56,7 +59,19 @@ export interface EngineOptions {
   /** What host paths sandboxes may bind (default: anything outside Airlock's own dirs, rw allowed). */
   mountPolicy?: MountPolicy;
   log?: (level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+  /** Egress control settings (docs/network.md); every field has a default. */
+  network?: {
+    /** Sandbox link addresses, one /30 each (default 10.213.0.0/16). */
+    addressPool?: string;
+    /** Replaces the default refused destination ranges (loopback, link-local, RFC 1918, CGNAT, ULA, multicast...). */
+    blockedRanges?: string[];
+    /** Port on each sandbox's gateway where the HTTP(S)_PROXY-style proxy answers (default 3128). */
+    explicitProxyPort?: number;
+  };
 }
+
+/** A sandbox without network gets a resolver file that names none: lookups fail at once. */
+const NO_NETWORK_RESOLV_CONF = '# Airlock: this sandbox has no network (no allowlist), so no resolver.\n';
 
 /** Output kept per stream for a non-streaming exec answer. */
 export const EXEC_CAPTURE_LIMIT = 16 * 1024 * 1024;
@@ -119,6 +134,9 @@ export class Engine implements AirlockEngine {
   private readonly volumes: VolumeStore;
   private readonly mountPolicy: MountPolicyChecker;
   private readonly diskWatch: DiskWatch;
+  private readonly network: NetworkManager;
+  /** Serializes network changes per sandbox (PATCH against PATCH, PATCH against end). */
+  private readonly networkOps = new Map<string, Promise<unknown>>();
   private readonly agentBinary: string;
   private readonly startTimeoutMs: number;
   private readonly log: NonNullable<EngineOptions['log']>;
@@ -152,6 +170,20 @@ export class Engine implements AirlockEngine {
     });
     // Never bindable: the data dir, the templates, and the agent and rootfs helper binaries.
     this.mountPolicy = new MountPolicyChecker(opts.mountPolicy, [this.dataDir, this.templatesDir, dirname(this.agentBinary)]);
+    this.network = new NetworkManager({
+      dataDir: this.dataDir,
+      helperDir: dirname(this.agentBinary),
+      dnsUpstream: opts.dnsUpstream,
+      addressPool: opts.network?.addressPool,
+      blockedRanges: opts.network?.blockedRanges,
+      explicitProxyPort: opts.network?.explicitProxyPort,
+      onEvent: (sandbox, type, data) => {
+        if (this.closed) return;
+        const rec = this.sandboxes.get(sandbox);
+        this.events.append({ tenant: rec?.tenant ?? DEFAULT_TENANT, sandbox, type, data });
+      },
+      log: (level, msg, data) => this.log(level, msg, data),
+    });
     this.diskWatch = new DiskWatch((sandbox, data) => {
       const rec = this.sandboxes.get(sandbox);
       if (rec) this.events.append({ tenant: rec.tenant, sandbox, type: 'limit.disk', data: { ...data } });
@@ -175,10 +207,7 @@ export class Engine implements AirlockEngine {
     if (!driver) {
       throw badRequest(`runtime ${spec.runtime} is not available on this installation (available: ${[...this.drivers.keys()].join(', ')})`, 'runtime');
     }
-    if (spec.network.allow.length > 0) {
-      // Fail closed: until egress control exists, a sandbox that asks for network gets a refusal, not a silent "no".
-      throw new AirlockError('policy_denied', 'network egress is not available on this installation: sandboxes run with loopback only; remove network.allow');
-    }
+    const wantsNetwork = spec.network.allow.length > 0;
     const template = this.templates.require(spec.template);
     // The template's working directory unless the caller chose one.
     if ((input as SandboxSpecInput | undefined)?.workdir === undefined) spec.workdir = template.workdir;
@@ -216,27 +245,39 @@ export class Engine implements AirlockEngine {
       this.volumes.admit(spec.resources.diskMiB, 'sandbox');
       volumeBinds = this.volumes.checkAttach(tenant, spec.volumes);
       this.sandboxes.insert(rec);
-      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, metadata: spec.metadata } });
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, network: spec.network, metadata: spec.metadata } });
     });
 
     const dir = join(this.dataDir, 'sandboxes', rec.id);
     const controlDir = join(dir, 'ctl');
     let link: AgentLink | null = null;
+    let lease: NetworkLease | null = null;
     try {
       sandboxTraversable(dir);
       mkdirSync(controlDir, { mode: 0o755 });
+      if (wantsNetwork) lease = this.network.allocate(rec.id);
+      const resolvConf = join(dir, 'resolv.conf');
+      writeFileSync(resolvConf, lease ? NetworkManager.resolvConf(lease) : NO_NETWORK_RESOLV_CONF, { mode: 0o644 });
       link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken);
       this.attach(rec.id, link, template.env);
       const ready = link.waitConnected(this.startTimeoutMs);
       ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
-      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds });
+      const engineBinds = [{ source: resolvConf, target: '/etc/resolv.conf', readOnly: true }];
+      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds, engineBinds });
       await ready;
+      if (lease) {
+        // Plumbed before create returns: no command of the caller runs before the rules exist.
+        const pid = await driver.networkPid(rec.id);
+        if (pid === null) throw new Error('the sandbox exited before its network could be set up');
+        await this.network.attach(rec.id, lease, pid, spec.network);
+      }
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       this.log('error', 'sandbox failed to start', { sandbox: rec.id, error: message });
       this.live.delete(rec.id);
       await link?.close().catch(() => {});
       await driver.destroy(rec.id).catch(() => {});
+      if (wantsNetwork) await this.network.teardown(rec.id, lease).catch(() => {});
       this.finish(rec.id, 'failed', `failed to start: ${message}`);
       throw new AirlockError('internal', `sandbox failed to start: ${message}`);
     }
@@ -246,6 +287,63 @@ export class Engine implements AirlockEngine {
       this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.started', data: { startMs: started - now } });
     });
     return toSandboxInfo(this.sandboxes.get(rec.id)!);
+  }
+
+  /**
+   * Changes a running sandbox's egress policy live. Fields left out keep their value; deny wins;
+   * connections the new policy refuses are cut. Giving a sandbox without network an allowlist
+   * plumbs its network now; an empty allowlist removes it.
+   */
+  async updateNetwork(caller: Caller, id: string, input: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }> {
+    const parsed = networkPolicySchema.safeParse(input ?? {});
+    if (!parsed.success) {
+      const { field, message } = firstIssue(parsed.error);
+      throw badRequest(message, field);
+    }
+    const prev = this.networkOps.get(id) ?? Promise.resolve();
+    const op = prev.catch(() => {}).then(async () => {
+      const { rec } = this.running(caller, id);
+      const cur = rec.spec.network;
+      const p = parsed.data;
+      const next: NetworkPolicy = {
+        allow: p.allow ?? cur.allow,
+        deny: p.deny ?? cur.deny,
+        ...((p.bandwidthMbps ?? cur.bandwidthMbps) !== undefined ? { bandwidthMbps: p.bandwidthMbps ?? cur.bandwidthMbps } : {}),
+      };
+      const driver = this.drivers.get(rec.spec.runtime)!;
+      const resolvConf = join(this.dataDir, 'sandboxes', id, 'resolv.conf');
+      let cut = 0;
+      if (this.network.has(id) && next.allow.length > 0) {
+        cut = await this.network.update(id, next, next.bandwidthMbps !== cur.bandwidthMbps);
+      } else if (next.allow.length > 0) {
+        const lease = this.network.allocate(id);
+        try {
+          const pid = await driver.networkPid(id);
+          if (pid === null) throw conflict(`sandbox ${id} is not running`);
+          await this.network.attach(id, lease, pid, next);
+        } catch (e) {
+          await this.network.teardown(id, lease).catch(() => {});
+          throw e;
+        }
+        // Same inode, new content: the sandbox's read-only bind shows it at once.
+        writeFileSync(resolvConf, NetworkManager.resolvConf(lease));
+      } else if (this.network.has(id) || cur.allow.length > 0) {
+        writeFileSync(resolvConf, NO_NETWORK_RESOLV_CONF);
+        await this.network.teardown(id);
+      }
+      const spec = { ...rec.spec, network: next };
+      this.tx(() => {
+        this.sandboxes.updateSpec(id, spec);
+        this.events.append({ tenant: rec.tenant, sandbox: id, type: 'network.updated', data: { allow: next.allow, deny: next.deny, bandwidthMbps: next.bandwidthMbps ?? null, cut } });
+      });
+      return { ...toSandboxInfo(this.sandboxes.get(id)!), cut };
+    });
+    this.networkOps.set(id, op);
+    try {
+      return await op;
+    } finally {
+      if (this.networkOps.get(id) === op) this.networkOps.delete(id);
+    }
   }
 
   getSandbox(caller: Caller, id: string): SandboxInfo {
@@ -604,6 +702,8 @@ export class Engine implements AirlockEngine {
     if (this.reaper) clearInterval(this.reaper);
     await Promise.all([...this.live.values()].map((l) => l.link.close().catch(() => {})));
     this.live.clear();
+    await Promise.all([...this.networkOps.values()].map((p) => p.catch(() => {})));
+    await this.network.close();
     this.db.close();
   }
 
@@ -707,6 +807,12 @@ export class Engine implements AirlockEngine {
           this.log('error', 'sandbox cleanup failed; reconcile will retry', { sandbox: id, error: e2.message });
         });
       }
+      await this.networkOps.get(id)?.catch(() => {});
+      if (this.network.has(id) || rec.spec.network.allow.length > 0) {
+        await this.network.teardown(id).catch((e: Error) => {
+          this.log('error', 'network cleanup failed; reconcile will retry', { sandbox: id, error: e.message });
+        });
+      }
       await live?.link.close().catch(() => {});
       this.live.delete(id);
       this.diskWatch.forget(id);
@@ -781,10 +887,17 @@ export class Engine implements AirlockEngine {
         this.attach(rec.id, link, template?.env ?? []);
         keep.add(rec.id);
         adopted.push(rec.id);
+        if (rec.spec.network.allow.length > 0) {
+          // Its rules point at the dead engine's proxy: until re-pointed it can reach nothing (fail closed).
+          await this.network.adopt(rec.id, rec.spec.network).catch((e: Error) => {
+            this.log('error', 'could not take over the sandbox network; it stays cut off', { sandbox: rec.id, error: e.message });
+          });
+        }
         continue;
       }
       if (!this.claim(rec)) { keep.add(rec.id); continue; }
       await driver?.destroy(rec.id).catch(() => {});
+      if (rec.spec.network.allow.length > 0) await this.network.teardown(rec.id).catch(() => {});
       if (rec.expiresAt <= now) this.finish(rec.id, 'expired', 'timeout: lifetime reached while no Airlock process was running');
       else this.finish(rec.id, 'failed', rec.state === 'creating' ? 'interrupted while starting' : 'lost: the runtime no longer has it');
       ended.push(rec.id);
@@ -803,6 +916,13 @@ export class Engine implements AirlockEngine {
       if (keep.has(id) || !SANDBOX_ID_RE.test(id)) continue;
       const rec = this.sandboxes.get(id);
       if (rec && isTerminal(rec.state)) { removeCgroup(cgroupsPathFor(id)); removed.push(`cgroup:${id}`); }
+    }
+    // Network objects (veths, namespaces, rules, leases) of sandboxes that are not live, and of
+    // data dirs that are gone (their engines can no longer clean up).
+    try {
+      for (const id of await this.network.reconcile((id) => keep.has(id), (dir) => existsSync(join(dir, 'airlock.db')))) removed.push(`network:${id}`);
+    } catch (e) {
+      this.log('error', 'network reconcile failed', { error: (e as Error).message });
     }
     if (adopted.length || ended.length || removed.length) this.log('info', 'reconciled', { adopted, ended, removed });
     return { adopted, ended, removed };

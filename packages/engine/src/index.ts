@@ -17,3 +17,6 @@ export type * from './files/types.js';
 export { extractTarSafely, UnsafeArchiveError, safeEntryParts, type ExtractSummary } from './files/tar-extract.js';
 export { MAX_LISTED_OUTPUTS } from './files/outputs.js';
 export { DEFAULT_OUTPUT_PATH } from './sandbox/spec.js';
+export { parseEgressRule, EgressPolicy, EgressRuleError, egressRuleSchema } from './network/egress-policy.js';
+export { DEFAULT_BLOCKED_RANGES } from './network/blocked-addresses.js';
+export { networkPolicySchema } from './sandbox/spec.js';

@@ -34,8 +34,12 @@ export interface VolumeMount {
 }
 
 export interface NetworkPolicy {
+  /** Egress allowlist (network/egress-policy.ts grammar); empty = no network at all. */
   allow: string[];
+  /** Always wins over allow. */
   deny: string[];
+  /** Per-direction bandwidth cap of the sandbox's link, megabits per second. */
+  bandwidthMbps?: number;
 }
 
 /** What a caller asks for; defaults are filled in by the engine. */

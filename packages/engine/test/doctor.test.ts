@@ -7,7 +7,7 @@ import { detectCgroups, idRangeConflicts, runDoctor } from '../src/doctor.js';
 
 const EXPECTED = [
   'root', 'kernel', 'cgroups', 'runc', 'crun', 'runsc', 'uid-range', 'userns',
-  'overlayfs', 'disk-images', 'nftables', 'kvm', 'templates', 'data-dir',
+  'overlayfs', 'disk-images', 'nftables', 'egress', 'kvm', 'templates', 'data-dir',
 ];
 
 function runscProbeDirs(): string[] {
@@ -25,7 +25,7 @@ test('doctor reports every check, and the container tier is healthy on this mach
   assert.deepEqual(checks.map((c) => c.name), EXPECTED);
   for (const c of checks) assert.ok(c.detail.length > 0, `${c.name} has a detail`);
 
-  for (const name of ['root', 'kernel', 'cgroups', 'runc', 'crun', 'userns', 'overlayfs', 'disk-images', 'nftables', 'uid-range', 'data-dir']) {
+  for (const name of ['root', 'kernel', 'cgroups', 'runc', 'crun', 'userns', 'overlayfs', 'disk-images', 'nftables', 'egress', 'uid-range', 'data-dir']) {
     const c = byName.get(name);
     assert.ok(c?.ok, `${name}: ${c?.detail}`);
   }

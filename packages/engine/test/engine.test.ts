@@ -124,7 +124,7 @@ describe('bad input', () => {
     await assert.rejects(engine.createSandbox(admin, { template: 'nope' }), (e: AirlockError) => e.status === 404);
     await assert.rejects(engine.createSandbox(admin, { bogus: 1 } as never), (e: AirlockError) => e.status === 400);
     await assert.rejects(engine.createSandbox(admin, { mounts: [{ source: '/etc', target: '/proc/x', readOnly: true }] }), (e: AirlockError) => e.status === 400);
-    await assert.rejects(engine.createSandbox(admin, { network: { allow: ['example.com'] } }), (e: AirlockError) => e.status === 422);
+    await assert.rejects(engine.createSandbox(admin, { network: { allow: ['https://example.com/'] } }), (e: AirlockError) => e.status === 400 && e.field === 'network.allow.0');
     const s = await sandbox();
     await assert.rejects(engine.exec(admin, s.id, { cmd: [] }), (e: AirlockError) => e.status === 400 && e.field === 'cmd');
     await assert.rejects(engine.exec(admin, s.id, { cmd: ['a\0b'] }), (e: AirlockError) => e.status === 400);

@@ -38,6 +38,30 @@ export function hostLeftovers(dataDir: string, ids: string[]): string[] {
     if (existsSync(join(dataDir, 'sandboxes', id))) left.push(`dir sandboxes/${id}`);
   }
   for (const { device, file } of loopDevicesUnder(dataDir)) left.push(`loop ${device} ${file}`);
+  left.push(...networkLeftovers(dataDir, ids));
+  return left;
+}
+
+/** Network objects of these sandboxes (namespace, veth, nftables chain) and leases of the data dir. */
+export function networkLeftovers(dataDir: string, ids: string[]): string[] {
+  const left: string[] = [];
+  for (const id of ids) {
+    if (existsSync(`/run/netns/airlock-${id}`)) left.push(`netns airlock-${id}`);
+    if (existsSync(`/sys/class/net/alk${id}`)) left.push(`veth alk${id}`);
+  }
+  if (ids.length > 0) {
+    let chains = '';
+    try { chains = execFileSync('nft', ['list', 'chains', 'inet'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString(); } catch { /* no tables */ }
+    for (const id of ids) if (chains.includes(`sbx_${id}`)) left.push(`nft chain sbx_${id}`);
+  }
+  let leases: string[] = [];
+  try { leases = readdirSync('/run/airlock/net-leases'); } catch { /* none */ }
+  for (const l of leases) {
+    try {
+      const [dir, id] = readFileSync(join('/run/airlock/net-leases', l), 'utf8').split('\n');
+      if (dir === dataDir && ids.includes(id ?? '')) left.push(`lease ${l}`);
+    } catch { /* released meanwhile */ }
+  }
   return left;
 }
 

@@ -5,6 +5,7 @@ import type { CreateVolumeBody, VolumeInfo } from './volume-types.js';
 import { uploadBody } from './file-streams.js';
 import type { FileWatchEnd, FileWatchEvent, OutputsListing, UploadData } from './file-types.js';
 import type {
+  NetworkPolicy,
   AuditEvent, CreateSandboxBody, ExecBody, ExecExit, ExecResult, ExecStreamLine, FileEntry, FileStatInfo,
   ProcessInfo, SandboxInfo, TemplateBuildBody, TemplateInfo,
 } from './types.js';
@@ -87,6 +88,11 @@ export class ApiClient {
 
   setTimeout(id: string, timeoutSeconds: number): Promise<SandboxInfo> {
     return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeoutSeconds } });
+  }
+
+  /** Changes the egress policy live; fields left out keep their value. `cut`: connections closed. */
+  updateNetwork(id: string, policy: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }> {
+    return this.json('PATCH', `/v1/sandboxes/${enc(id)}/network`, { json: policy });
   }
 
   // ---- commands ----

@@ -260,6 +260,16 @@ export class Sandbox {
     await this.api.setTimeout(this.sandboxId, msToSeconds(timeoutMs));
   }
 
+  /**
+   * Changes what the sandbox may reach, live: `{ allow: ['pypi.org'] }` grants, `{ deny: [...] }`
+   * revokes (deny wins; open connections to a denied host are cut), `{ allow: [] }` takes the
+   * network away. Returns how many connections were cut.
+   */
+  async updateNetwork(policy: Partial<NetworkPolicy>): Promise<{ cut: number }> {
+    const r = await this.api.updateNetwork(this.sandboxId, policy);
+    return { cut: r.cut };
+  }
+
   async kill(): Promise<void> {
     await this.api.killSandbox(this.sandboxId);
   }

@@ -18,8 +18,12 @@ export interface Resources {
 }
 
 export interface NetworkPolicy {
+  /** Egress allowlist: host, *.suffix, IPv4 or CIDR, each optionally :PORT; empty = no network. */
   allow: string[];
+  /** Always wins over allow. */
   deny: string[];
+  /** Per-direction cap of the sandbox link, megabits per second. */
+  bandwidthMbps?: number;
 }
 
 export interface MountSpec {

@@ -4,6 +4,7 @@
  * The engine validates again (it has other front ends); these bounds are the HTTP boundary's.
  */
 import { z } from 'zod';
+import { parseEgressRule } from '@airlock/engine';
 import { volumeMountInfo, volumeMountInput } from './volume-schemas.js';
 
 const MAX_PATH_BYTES = 4096;
@@ -32,7 +33,15 @@ export const envMap = z.record(envKey, boundedString(MAX_ARG_BYTES)).describe('e
 
 const runtimeName = z.enum(['container', 'gvisor', 'microvm']);
 const sandboxState = z.enum(['creating', 'running', 'paused', 'stopped', 'killed', 'expired', 'failed']);
-const hostPattern = z.string().min(1).max(253).describe('host name, *.suffix, IP or CIDR');
+const egressRule = z.string().min(1).max(260).superRefine((v, ctx) => {
+  try { parseEgressRule(v); } catch (e) { ctx.addIssue({ code: 'custom', message: (e as Error).message }); }
+}).describe('host name, *.suffix, IPv4 or IPv4 CIDR, each optionally with :PORT or :PORT-PORT');
+
+export const networkPolicyInput = z.strictObject({
+  allow: z.array(egressRule).max(256).optional().describe('egress allowlist; empty = no network at all'),
+  deny: z.array(egressRule).max(256).optional().describe('always wins over allow'),
+  bandwidthMbps: z.number().min(0.1).max(100_000).optional().describe('per-direction cap of the sandbox link'),
+});
 
 export const resourcesInput = z.strictObject({
   cpus: z.number().min(0.01).max(64).optional(),
@@ -52,10 +61,7 @@ export const createSandboxBody = z.strictObject({
   runtime: runtimeName.optional(),
   resources: resourcesInput.optional(),
   timeoutSeconds: z.number().int().min(1).max(86_400).optional().describe('sandbox lifetime'),
-  network: z.strictObject({
-    allow: z.array(hostPattern).max(256).optional(),
-    deny: z.array(hostPattern).max(256).optional(),
-  }).optional(),
+  network: networkPolicyInput.optional(),
   mounts: z.array(mountInput).max(32).optional(),
   volumes: z.array(volumeMountInput).max(16).optional(),
   env: envMap.optional(),
@@ -128,7 +134,7 @@ export const sandboxInfo = z.object({
   runtime: runtimeName,
   template: z.string(),
   resources,
-  network: z.object({ allow: z.array(z.string()), deny: z.array(z.string()) }),
+  network: z.object({ allow: z.array(z.string()), deny: z.array(z.string()), bandwidthMbps: z.number().optional() }),
   mounts: z.array(z.object({ source: z.string(), target: z.string(), readOnly: z.boolean() })),
   volumes: z.array(volumeMountInfo),
   workdir: z.string(),

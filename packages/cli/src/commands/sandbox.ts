@@ -57,6 +57,39 @@ export async function killCommand(id: string, flags: BackendOptions & { json?: b
   });
 }
 
+export interface NetworkFlags extends BackendOptions {
+  allowHost?: string[];
+  denyHost?: string[];
+  /** commander's --no-network: false when given. */
+  network?: boolean;
+  bandwidth?: number;
+  json?: boolean;
+}
+
+export async function networkCommand(id: string, flags: NetworkFlags): Promise<number> {
+  const policy: { allow?: string[]; deny?: string[]; bandwidthMbps?: number } = {};
+  if (flags.network === false) {
+    if (flags.allowHost?.length) {
+      warn('--no-network and --allow-host contradict each other');
+      return EXIT.usage;
+    }
+    policy.allow = [];
+  }
+  if (flags.allowHost?.length) policy.allow = [...new Set(flags.allowHost)];
+  if (flags.denyHost?.length) policy.deny = [...new Set(flags.denyHost)];
+  if (flags.bandwidth !== undefined) policy.bandwidthMbps = flags.bandwidth;
+  if (Object.keys(policy).length === 0) {
+    warn('nothing to change: give --allow-host, --deny-host, --no-network or --bandwidth');
+    return EXIT.usage;
+  }
+  return withBackend(flags, async (b) => {
+    const info = await b.updateNetwork(id, policy);
+    if (flags.json) printJson(info);
+    else process.stdout.write(`${info.id}: allow ${info.network.allow.join(',') || '(none: no network)'}; deny ${info.network.deny.join(',') || '(none)'}; ${info.cut} connection(s) cut\n`);
+    return EXIT.ok;
+  });
+}
+
 export interface ExecFlags extends BackendOptions {
   env?: Record<string, string>;
   cwd?: string;

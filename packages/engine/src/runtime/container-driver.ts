@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AGENT_PATH_IN_SANDBOX, CONTROL_DIR_IN_SANDBOX, HOST_SOCKET_NAME, SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from '../constants.js';
 import { fsUsage, type DiskUsage } from '../storage/disk-watch.js';
@@ -56,6 +56,7 @@ export class ContainerDriver implements RuntimeDriver {
           { source: l.agentBinary, target: AGENT_PATH_IN_SANDBOX, readOnly: true },
           ...l.spec.mounts.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
           ...l.volumeBinds.map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly })),
+          ...(l.engineBinds ?? []).map((m) => ({ source: m.source, target: m.target, readOnly: true })),
         ],
       });
       writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
@@ -108,6 +109,20 @@ export class ContainerDriver implements RuntimeDriver {
       await unmountRootfs(this.rootfsHelper, dir);
     }
     rmSync(dir, { recursive: true, force: true });
+  }
+
+  async networkPid(id: string): Promise<number | null> {
+    const pidFile = join(this.sandboxDir(id), 'init.pid');
+    // The agent can dial in before runc has written the pid file: let runc finish first.
+    if (!existsSync(pidFile)) await this.starting.get(id);
+    try {
+      const pid = Number(readFileSync(pidFile, 'utf8').trim());
+      if (!Number.isInteger(pid) || pid < 2) return null;
+      // The pid must still be this sandbox's init (pids are reused).
+      return readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes(cgroupsPathFor(id)) ? pid : null;
+    } catch {
+      return null;
+    }
   }
 
   async status(id: string): Promise<DriverStatus> {

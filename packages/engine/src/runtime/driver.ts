@@ -27,6 +27,8 @@ export interface SandboxLaunch {
   blankLayer: string;
   /** Host directories of the sandbox's volumes, bound after spec.mounts. */
   volumeBinds: MountSpec[];
+  /** Files the engine provides (e.g. /etc/resolv.conf), bound read-only last. */
+  engineBinds?: MountSpec[];
   /**
    * Resolves when the agent has dialled in. A driver may treat it as proof of a successful
    * start and return before its runtime's own bookkeeping finishes (it must then let that
@@ -54,6 +56,11 @@ export interface RuntimeDriver {
   /** Kills every process and frees every host object. Idempotent, tolerant of partial state. */
   destroy(id: string): Promise<void>;
   status(id: string): Promise<DriverStatus>;
+  /**
+   * A host pid inside the sandbox's network namespace, for the network layer to name and plumb
+   * it (null when the sandbox is gone).
+   */
+  networkPid(id: string): Promise<number | null>;
   /** Ids of the sandboxes this driver currently holds on the host. */
   list(): Promise<string[]>;
   /** Kernel counters read before and after an exec to tell why a process died. */

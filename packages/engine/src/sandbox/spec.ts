@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { badRequest } from '../errors.js';
+import { egressRuleSchema } from '../network/egress-policy.js';
 import type { SandboxSpec, SandboxSpecInput } from '../types.js';
 
 export const DEFAULT_RESOURCES = { cpus: 1, memoryMiB: 512, diskMiB: 1024, pids: 256 } as const;
@@ -19,7 +20,13 @@ export const resourcesSchema = z.object({
   pids: z.number().int().min(8).max(65_536).optional(),
 }).strict();
 
-const hostPattern = z.string().min(1).max(253).regex(/^(\*\.)?[A-Za-z0-9.-]+(:\d{1,5})?$|^[0-9a-fA-F:.]+(\/\d{1,3})?$/, 'must be a host name, *.suffix, an IP or a CIDR');
+/** Egress policy: the grammar of network/egress-policy.ts; a PATCH takes the same shape. */
+export const networkPolicySchema = z.object({
+  allow: z.array(egressRuleSchema).max(256).optional(),
+  deny: z.array(egressRuleSchema).max(256).optional(),
+  /** Per-direction cap on the sandbox's link, megabits per second. */
+  bandwidthMbps: z.number().min(0.1).max(100_000).optional(),
+}).strict();
 
 export const mountSchema = z.object({
   source: absolutePath,
@@ -41,10 +48,7 @@ export const sandboxSpecInputSchema = z.object({
   runtime: z.enum(['container', 'gvisor', 'microvm']).optional(),
   resources: resourcesSchema.optional(),
   timeoutSeconds: z.number().int().min(1).max(MAX_TIMEOUT_SECONDS).optional(),
-  network: z.object({
-    allow: z.array(hostPattern).max(256).optional(),
-    deny: z.array(hostPattern).max(256).optional(),
-  }).strict().optional(),
+  network: networkPolicySchema.optional(),
   mounts: z.array(mountSchema).max(32).optional(),
   volumes: z.array(volumeMountSchema).max(16).optional(),
   env: z.record(envKey, noNul(128 * 1024)).optional(),
@@ -76,7 +80,10 @@ export function parseSpec(input: unknown): SandboxSpec {
     runtime: i.runtime ?? 'container',
     resources: { ...DEFAULT_RESOURCES, ...stripUndefined(i.resources ?? {}) },
     timeoutSeconds: i.timeoutSeconds ?? DEFAULT_TIMEOUT_SECONDS,
-    network: { allow: i.network?.allow ?? [], deny: i.network?.deny ?? [] },
+    network: {
+      allow: i.network?.allow ?? [], deny: i.network?.deny ?? [],
+      ...(i.network?.bandwidthMbps !== undefined ? { bandwidthMbps: i.network.bandwidthMbps } : {}),
+    },
     mounts: (i.mounts ?? []).map((m) => ({ source: m.source, target: m.target, readOnly: m.readOnly ?? true })),
     volumes: (i.volumes ?? []).map((v) => ({ name: v.name, target: v.target, readOnly: v.readOnly ?? true })),
     env,

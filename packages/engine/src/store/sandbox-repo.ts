@@ -30,6 +30,8 @@ export interface SandboxRepository {
   get(id: string): SandboxRecord | null;
   list(q: SandboxQuery): SandboxRecord[];
   update(id: string, patch: Partial<Pick<SandboxRecord, 'state' | 'startedAt' | 'endedAt' | 'expiresAt' | 'reason' | 'ownerPid' | 'ownerStart'>>): void;
+  /** Replaces the stored spec (a live network policy change). */
+  updateSpec(id: string, spec: SandboxSpec): void;
   nextExpiry(): number | null;
 }
 
@@ -112,6 +114,10 @@ export class SqliteSandboxRepository implements SandboxRepository {
     }
     if (!sets.length) return;
     this.db.prepare(`UPDATE sandboxes SET ${sets.join(', ')} WHERE id = ?`).run(...args, id);
+  }
+
+  updateSpec(id: string, spec: SandboxSpec): void {
+    this.db.prepare('UPDATE sandboxes SET spec = ? WHERE id = ?').run(JSON.stringify(spec), id);
   }
 
   nextExpiry(): number | null {

@@ -1,10 +1,11 @@
 import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { AirlockEngine, ListFilter, SandboxSpecInput } from '@airlock/engine';
 import { callerOf } from '../auth.js';
 import { HttpError } from '../errors.js';
 import {
-  createSandboxBody, errorResponses, idParams, listSandboxesQuery, sandboxInfo, sandboxList, setTimeoutBody,
+  createSandboxBody, errorResponses, idParams, listSandboxesQuery, networkPolicyInput, sandboxInfo, sandboxList, setTimeoutBody,
 } from '../schemas.js';
 
 const tags = ['sandboxes'];
@@ -62,4 +63,12 @@ export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void
       params: idParams, body: setTimeoutBody, response: { 200: sandboxInfo, ...errorResponses },
     },
   }, async (req) => engine.setSandboxTimeout(callerOf(req), req.params.id, req.body.timeoutSeconds));
+
+  r.patch('/v1/sandboxes/:id/network', {
+    schema: {
+      tags, summary: 'Change the egress policy live (fields left out keep their value; deny wins; refused connections are cut)',
+      params: idParams, body: networkPolicyInput,
+      response: { 200: sandboxInfo.extend({ cut: z.number().int().describe('open connections the new policy cut') }), ...errorResponses },
+    },
+  }, async (req) => engine.updateNetwork(callerOf(req), req.params.id, req.body));
 }

@@ -1,0 +1,703 @@
+import net, { isIPv4 } from 'node:net';
+import type { Handoff, RelayResult } from './splice-relay.js';
+import { embeddedIPv4, type BlockedAddresses } from './blocked-addresses.js';
+import { normalizeName, type EgressPolicy } from './egress-policy.js';
+import {
+  parseAbsoluteTarget, parseAuthority, parseRequestHead, singleHeader, type RequestHead,
+} from './http-request-head.js';
+import { looksLikeTls, MAX_CLIENT_HELLO_LENGTH, MAX_CLIENT_HELLO_RECORDS, parseClientHello } from './tls-client-hello.js';
+
+/**
+ * The egress proxy every sandbox TCP connection is TPROXY'd to. It learns where the sandbox
+ * wants to go (a CIDR rule on the dialled address, else the TLS SNI or HTTP Host of its first
+ * bytes, or an HTTP proxy request on <gateway>:3128), checks that against the sandbox's
+ * policy, resolves the name itself and dials only an address it checked, never the address
+ * the sandbox picked: a spoofed SNI can only ever reach the real servers of an allowed name.
+ * Every connection ends in exactly one net.connect event.
+ */
+
+export interface ProxySandbox { sandboxId: string; policy: () => EgressPolicy; gatewayIp: string }
+
+export interface EgressProxyOptions {
+  lookupSandbox(remoteIp: string): ProxySandbox | null;
+  resolve4(name: string): Promise<{ rcode: string; addresses: string[] }>;
+  blocked: BlockedAddresses;
+  hostAddresses: { has(ip: string): boolean };
+  onEvent(sandboxId: string, type: 'net.connect', data: Record<string, unknown>): void;
+  /** A connection whose original destination is <gatewayIp>:<explicitProxyPort> speaks the HTTP proxy protocol (CONNECT / absolute-form GET) instead of being transparent. */
+  explicitProxyPort: number;
+  /** Where the connection was headed; default: the socket's local address/port (TPROXY). Tests override it. */
+  originalDestination?(socket: net.Socket): { address: string; port: number };
+  /** Time to wait for the first bytes; default 10000. */
+  sniffTimeoutMs?: number;
+  /** Default 10000; also bounds the name resolution. */
+  connectTimeoutMs?: number;
+  /** Default 512. */
+  maxConnectionsPerSandbox?: number;
+  /**
+   * Relays an allowed, connected pair in the kernel (splice-relay.ts); null or absent: Node
+   * pipes the bytes itself. Asked per connection, so a restarted relay is picked up.
+   */
+  relay?: () => ConnectionRelay | null;
+  /* The per-sandbox bandwidth cap is tc's job on the sandbox link, not this proxy's. */
+}
+
+export interface ConnectionRelay {
+  handOff(a: net.Socket, b: net.Socket): Handoff;
+}
+
+export type ConnectMode = 'transparent' | 'explicit' | 'cidr';
+type Verdict = 'allow' | 'deny' | 'not-allowed' | 'refused' | 'cut';
+type State = 'sniffing' | 'resolving' | 'dialling' | 'open' | 'done';
+
+/** What a connection was allowed to reach; `name` is null when an address rule allowed it. */
+interface Target { name: string | null; address: string; port: number }
+
+interface Conn {
+  sandbox: ProxySandbox;
+  client: net.Socket;
+  upstream: net.Socket | null;
+  /** Where the sandbox dialled. */
+  dst: { address: string; port: number };
+  mode: ConnectMode;
+  state: State;
+  /** The checked name (null: an address was checked) and port, once known. */
+  name: string | null;
+  port: number;
+  /** The address dialled, once chosen. */
+  address: string | null;
+  startedAt: number;
+  timer: NodeJS.Timeout | null;
+  clientClosed: boolean;
+  upstreamClosed: boolean;
+  /** Set once the pair was handed to the kernel relay: it, not the sockets, says when it ends. */
+  handoff: Handoff | null;
+  /** Bytes Node had moved each way when the pair went to the relay. */
+  nodeBytes: RelayResult | null;
+  /** The proxy's own answer to the client (explicit CONNECT), not counted as bytes in. */
+  replyBytes: number;
+}
+
+/** A decision not to connect: becomes the event and, in explicit mode, the HTTP answer. */
+class Refusal extends Error {
+  constructor(
+    readonly verdict: 'deny' | 'not-allowed' | 'refused',
+    readonly reason: string,
+    readonly extra: Record<string, unknown> = {},
+  ) {
+    super(reason);
+  }
+}
+
+const TLS_SNIFF_LIMIT = MAX_CLIENT_HELLO_LENGTH + 5 * MAX_CLIENT_HELLO_RECORDS + 4;
+const LINGER_MS = 2_000;
+const KEEPALIVE_MS = 30_000;
+/** Bytes (both ways) after which an allowed connection moves to the kernel relay. */
+const RELAY_AFTER_BYTES = 256 * 1024;
+const HOST_NAME = /^(?=.{1,253}$)[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*$/;
+
+/** Lower-cased, without a trailing dot; null when it is no host name (or a non-canonical IPv4). */
+export function validHostName(raw: string): string | null {
+  const name = normalizeName(raw);
+  if (isIPv4(name)) return name;
+  if (/^[0-9.]+$/.test(name) || /^0x[0-9a-f]+$/.test(name)) return null; // inet_aton forms: never a name
+  return HOST_NAME.test(name) ? name : null;
+}
+
+function plainIPv4(ip: string | undefined): string | null {
+  if (ip === undefined) return null;
+  return embeddedIPv4(ip) ?? ip;
+}
+
+/** Grows by doubling, so a ClientHello trickled in byte by byte costs O(n), not O(n²). */
+class SniffBuffer {
+  private buf = Buffer.allocUnsafe(2048);
+  length = 0;
+  push(chunk: Buffer): void {
+    if (this.length + chunk.length > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.length + chunk.length));
+      this.buf.copy(bigger, 0, 0, this.length);
+      this.buf = bigger;
+    }
+    chunk.copy(this.buf, this.length);
+    this.length += chunk.length;
+  }
+  view(): Buffer { return this.buf.subarray(0, this.length); }
+}
+
+type SniffResult =
+  | { ok: true; data: Buffer; name: string }
+  | { ok: false; reason: string; detail?: string };
+
+export class EgressProxy {
+  readonly stats = { active: 0, total: 0, refused: 0 };
+  private readonly server: net.Server;
+  private readonly bySandbox = new Map<string, Set<Conn>>();
+  /** Every client socket still open, refused ones lingering over an HTTP answer included. */
+  private readonly sockets = new Set<net.Socket>();
+  private readonly sniffTimeoutMs: number;
+  private readonly connectTimeoutMs: number;
+  private readonly maxPerSandbox: number;
+  private listening = false;
+
+  constructor(private readonly o: EgressProxyOptions) {
+    this.sniffTimeoutMs = o.sniffTimeoutMs ?? 10_000;
+    this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000;
+    this.maxPerSandbox = o.maxConnectionsPerSandbox ?? 512;
+    // pauseOnConnect: nothing is read before a decision, so an address-allowed connection
+    // can be dialled at once and the client's first bytes wait in the kernel meanwhile.
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.accept(s));
+    // Accept errors (EMFILE) must not kill the engine; the kernel keeps the backlog.
+    this.server.on('error', () => {});
+  }
+
+  /** Listens on host:port (port 0 = ephemeral); returns the port. */
+  listen(host: string, port: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const onError = (e: Error): void => reject(e);
+      this.server.once('error', onError);
+      this.server.listen({ host, port }, () => {
+        this.server.off('error', onError);
+        this.listening = true;
+        resolve((this.server.address() as net.AddressInfo).port);
+      });
+    });
+  }
+
+  /** The listening socket's fd (the lead passes it to a helper that sets IP_TRANSPARENT). */
+  listenerFd(): number {
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    const fd = (this.server as any)._handle?.fd as number | undefined;
+    if (!this.listening || typeof fd !== 'number' || fd < 0) throw new Error('egress proxy is not listening');
+    return fd;
+  }
+
+  /**
+   * Re-checks every live connection of the sandbox against its (new) policy and destroys
+   * those no longer allowed (each gets a net.connect event with verdict 'cut'). Returns how
+   * many were cut. Connections still sniffing decide later, against the new policy.
+   */
+  recheck(sandboxId: string): number {
+    const conns = this.bySandbox.get(sandboxId);
+    if (!conns) return 0;
+    let cut = 0;
+    for (const c of [...conns]) {
+      if (c.state === 'sniffing' || c.state === 'done' || this.stillAllowed(c)) continue;
+      this.finish(c, 'cut', { reason: 'policy-changed' }, 'reset');
+      cut++;
+    }
+    return cut;
+  }
+
+  /** Destroys every connection of the sandbox (it is being destroyed). Events are emitted before this returns. */
+  closeSandbox(sandboxId: string): void {
+    for (const c of [...(this.bySandbox.get(sandboxId) ?? [])]) this.endNow(c, 'sandbox-closed');
+  }
+
+  async close(): Promise<void> {
+    const closed = new Promise<void>((resolve) => {
+      if (!this.listening) return resolve();
+      this.server.close(() => resolve());
+    });
+    this.listening = false;
+    for (const conns of [...this.bySandbox.values()]) for (const c of [...conns]) this.endNow(c, 'proxy-closed');
+    for (const s of this.sockets) s.destroy();
+    this.sockets.clear();
+    await closed;
+  }
+
+  // ---- accepting -------------------------------------------------------------------------
+
+  private accept(client: net.Socket): void {
+    // First of all: an error on this socket must never become an uncaught exception. It
+    // destroys the socket (autoDestroy); a relayed pair goes down together.
+    let conn: Conn | null = null;
+    client.on('error', () => { if (conn?.state === 'open' && !conn.handoff) this.destroyBoth(conn); });
+    this.stats.total++;
+    let sandbox: ProxySandbox | null = null;
+    let dst: { address: string; port: number } | null = null;
+    try {
+      const remote = plainIPv4(client.remoteAddress);
+      sandbox = remote === null ? null : this.o.lookupSandbox(remote);
+      if (sandbox) {
+        const d = this.o.originalDestination ? this.o.originalDestination(client) : { address: client.localAddress ?? '', port: client.localPort ?? 0 };
+        dst = { address: plainIPv4(d.address) ?? '', port: d.port };
+      }
+    } catch {
+      sandbox = null;
+    }
+    if (!sandbox || !dst) {
+      // Not a sandbox (or it is gone): no event, nobody to attribute it to.
+      this.stats.refused++;
+      client.resetAndDestroy();
+      return;
+    }
+    const explicit = dst.address === sandbox.gatewayIp && dst.port === this.o.explicitProxyPort;
+    const c: Conn = conn = {
+      sandbox, client, upstream: null, dst, mode: explicit ? 'explicit' : 'transparent', state: 'sniffing',
+      name: null, port: dst.port, address: null, startedAt: Date.now(), timer: null, clientClosed: false, upstreamClosed: false,
+      handoff: null, nodeBytes: null, replyBytes: 0,
+    };
+    this.sockets.add(client);
+    client.on('close', () => {
+      this.sockets.delete(client);
+      c.clientClosed = true;
+      this.onSocketClosed(c);
+    });
+    let conns = this.bySandbox.get(sandbox.sandboxId);
+    if (!conns) this.bySandbox.set(sandbox.sandboxId, (conns = new Set()));
+    if (conns.size >= this.maxPerSandbox) {
+      this.refuse(c, new Refusal('refused', 'too-many-connections'), false);
+      return;
+    }
+    conns.add(c);
+    this.stats.active++;
+    client.setKeepAlive(true, KEEPALIVE_MS);
+    void this.run(c, () => this.route(c));
+  }
+
+  /** Runs one connection's decision; whatever it throws ends that connection only. */
+  private async run(conn: Conn, step: () => Promise<void>): Promise<void> {
+    try {
+      await step();
+    } catch (e) {
+      if (e instanceof Refusal) this.refuse(conn, e, true);
+      else this.refuse(conn, new Refusal('refused', 'internal-error', { detail: String((e as Error)?.message ?? e) }), true);
+    }
+  }
+
+  private async route(conn: Conn): Promise<void> {
+    const { dst } = conn;
+    if (conn.mode === 'explicit') return this.routeExplicit(conn);
+    const policy = conn.sandbox.policy();
+    let addressRefusal: Refusal | null = null;
+    if (policy.checkAddress(dst.address, dst.port) === 'allow') {
+      addressRefusal = this.addressRefusal(dst.address, dst.port, policy);
+      if (!addressRefusal) {
+        // A CIDR rule allows the very address dialled: connect now, so protocols where the
+        // server speaks first (SSH, SMTP, PostgreSQL) work.
+        conn.mode = 'cidr';
+        return this.dial(conn, { name: null, address: dst.address, port: dst.port }, Buffer.alloc(0));
+      }
+    }
+    const sniffed = await this.sniff(conn, 'any');
+    if (!sniffed.ok) {
+      // The address rule matched but the address is blocked: say that, not "no SNI".
+      throw addressRefusal ?? new Refusal('refused', sniffed.reason, sniffed.detail ? { detail: sniffed.detail } : {});
+    }
+    const target = await this.decide(conn, sniffed.name, dst.port);
+    return this.dial(conn, target, sniffed.data);
+  }
+
+  private async routeExplicit(conn: Conn): Promise<void> {
+    const sniffed = await this.sniff(conn, 'http');
+    if (!sniffed.ok) throw new Refusal('refused', sniffed.reason, sniffed.detail ? { detail: sniffed.detail } : {});
+    const parsed = parseRequestHead(sniffed.data);
+    if (parsed.status !== 'complete') throw new Refusal('refused', 'bad-request');
+    const { head } = parsed;
+    const rest = sniffed.data.subarray(head.length);
+    if (head.method === 'CONNECT') {
+      const a = parseAuthority(head.target);
+      if (!a.ok) throw new Refusal('refused', a.reason === 'ipv6' ? 'ipv6' : 'bad-request', { detail: head.target });
+      if (a.port === null) throw new Refusal('refused', 'bad-request', { detail: 'CONNECT needs host:port' });
+      const target = await this.decide(conn, a.host, a.port);
+      return this.dial(conn, target, rest, Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1'));
+    }
+    const t = parseAbsoluteTarget(head.target);
+    if (!t.ok) throw new Refusal('refused', t.reason === 'ipv6' ? 'ipv6' : 'bad-request', { detail: 'needs CONNECT or an absolute http:// target' });
+    if (t.scheme !== 'http') throw new Refusal('refused', 'bad-request', { detail: 'use CONNECT for https' });
+    const target = await this.decide(conn, t.host, t.port);
+    return this.dial(conn, target, Buffer.concat([originFormHead(head, t.path, t.authority), rest]));
+  }
+
+  // ---- learning the name ------------------------------------------------------------------
+
+  /**
+   * Collects the client's first bytes until they name a host: a TLS ClientHello's SNI or an
+   * HTTP request's Host ('http' mode: a proxy request, whose target the caller reads).
+   */
+  private sniff(conn: Conn, accept: 'any' | 'http'): Promise<SniffResult> {
+    const { client } = conn;
+    return new Promise((resolve) => {
+      const buf = new SniffBuffer();
+      let need = 1;
+      const done = (r: SniffResult): void => {
+        client.off('data', onData);
+        client.off('end', onEnd);
+        client.off('close', onClose);
+        client.pause();
+        this.clearTimer(conn);
+        resolve(r);
+      };
+      const examine = (final: boolean): void => {
+        const data = buf.view();
+        const tls = looksLikeTls(data);
+        if (tls && accept === 'http') return done({ ok: false, reason: 'bad-request', detail: 'TLS sent to the HTTP proxy port' });
+        const r = tls ? examineTls(data) : examineHttp(data, accept);
+        if ('need' in r) {
+          if (!final) { need = r.need; return; }
+          return done({ ok: false, reason: tls ? 'no-sni' : accept === 'http' ? 'bad-request' : 'no-host', detail: 'connection ended early' });
+        }
+        done(r);
+      };
+      const onData = (chunk: Buffer): void => {
+        buf.push(chunk);
+        if (buf.length >= need) examine(false);
+      };
+      const onEnd = (): void => examine(true);
+      const onClose = (): void => done({ ok: false, reason: 'client-closed' });
+      client.on('data', onData);
+      client.on('end', onEnd);
+      client.on('close', onClose);
+      conn.timer = setTimeout(() => done({ ok: false, reason: 'sniff-timeout' }), this.sniffTimeoutMs);
+      client.resume();
+    });
+  }
+
+  // ---- deciding -----------------------------------------------------------------------------
+
+  /** Checks `rawName` on `port` and picks the address to dial: one this proxy resolved and checked. */
+  private async decide(conn: Conn, rawName: string, port: number): Promise<Target> {
+    if (conn.state === 'done') throw new Refusal('refused', 'closed'); // ended while sniffing: already reported
+    conn.state = 'resolving';
+    conn.port = port;
+    const name = validHostName(rawName);
+    if (name === null) throw new Refusal('refused', 'bad-name', { name: rawName.slice(0, 255) });
+    const policy = conn.sandbox.policy();
+    if (isIPv4(name)) {
+      // An address written as a name: only an address rule can allow it.
+      conn.name = null;
+      conn.address = name;
+      const verdict = policy.checkAddress(name, port);
+      if (verdict !== 'allow') throw new Refusal(verdict, verdict === 'deny' ? 'deny-rule' : 'not-on-allowlist', { address: name });
+      const refusal = this.addressRefusal(name, port, policy);
+      if (refusal) throw refusal;
+      return { name: null, address: name, port };
+    }
+    conn.name = name;
+    const verdict = policy.checkName(name, port);
+    if (verdict !== 'allow') throw new Refusal(verdict, verdict === 'deny' ? 'deny-rule' : 'not-on-allowlist', { name });
+    const answer = await this.resolve(name);
+    if (conn.state !== 'resolving') throw new Refusal('refused', 'closed'); // cut or closed meanwhile: already reported
+    if (answer.rcode !== 'NOERROR' || answer.addresses.length === 0) {
+      throw new Refusal('refused', 'resolve-failed', { name, rcode: answer.rcode });
+    }
+    let first: Refusal | null = null;
+    for (const ip of answer.addresses) {
+      const refusal = this.addressRefusal(ip, port, policy);
+      if (!refusal) return { name, address: ip, port };
+      first ??= refusal;
+    }
+    throw first!;
+  }
+
+  private async resolve(name: string): Promise<{ rcode: string; addresses: string[] }> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Refusal('refused', 'resolve-failed', { name, detail: 'timeout' })), this.connectTimeoutMs);
+    });
+    try {
+      return await Promise.race([this.o.resolve4(name), timeout]);
+    } catch (e) {
+      if (e instanceof Refusal) throw e;
+      throw new Refusal('refused', 'resolve-failed', { name, detail: String((e as Error)?.message ?? e) });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Why this proxy must not dial `ip` on `port`, whatever allowed the name; null when it may. */
+  private addressRefusal(ip: string, port: number, policy: EgressPolicy): Refusal | null {
+    const blocked = this.o.blocked.reason(ip);
+    if (blocked !== null) return new Refusal('refused', blocked, { address: ip });
+    if (this.o.hostAddresses.has(ip)) return new Refusal('refused', 'host-address', { address: ip });
+    if (policy.addressDenied(ip, port)) return new Refusal('deny', 'deny-rule', { address: ip });
+    return null;
+  }
+
+  private stillAllowed(c: Conn): boolean {
+    const policy = c.sandbox.policy();
+    if (c.name === null) {
+      return c.address === null || policy.checkAddress(c.address, c.port) === 'allow';
+    }
+    if (policy.checkName(c.name, c.port) !== 'allow') return false;
+    return c.address === null || !policy.addressDenied(c.address, c.port);
+  }
+
+  // ---- connecting -----------------------------------------------------------------------------
+
+  /**
+   * Dials the checked target; on success answers the client (`reply`, explicit CONNECT),
+   * sends what was read from the client so far (`head`) and relays both ways.
+   */
+  private dial(conn: Conn, target: Target, head: Buffer, reply?: Buffer): Promise<void> {
+    if (conn.state === 'done') return Promise.resolve();
+    conn.state = 'dialling';
+    conn.name = target.name;
+    conn.address = target.address;
+    conn.port = target.port;
+    return new Promise((resolve, reject) => {
+      const upstream = net.connect({ host: target.address, port: target.port, family: 4, allowHalfOpen: true, noDelay: true });
+      conn.upstream = upstream;
+      upstream.on('error', (e: NodeJS.ErrnoException) => {
+        if (conn.state === 'dialling') reject(new Refusal('refused', 'connect-failed', { address: target.address, detail: e.code ?? e.message }));
+        else if (!conn.handoff) this.destroyBoth(conn);
+      });
+      upstream.on('close', () => {
+        conn.upstreamClosed = true;
+        // Cut or closed while dialling: settle (the event is already out).
+        reject(new Refusal('refused', 'closed'));
+        this.onSocketClosed(conn);
+      });
+      conn.timer = setTimeout(() => {
+        reject(new Refusal('refused', 'connect-timeout', { address: target.address }));
+      }, this.connectTimeoutMs);
+      upstream.once('connect', () => {
+        this.clearTimer(conn);
+        if (conn.state !== 'dialling') { upstream.destroy(); resolve(); return; }
+        conn.state = 'open';
+        upstream.setKeepAlive(true, KEEPALIVE_MS);
+        this.relay(conn, upstream, head, reply);
+        resolve();
+      });
+    });
+  }
+
+  private relay(conn: Conn, upstream: net.Socket, head: Buffer, reply: Buffer | undefined): void {
+    const { client } = conn;
+    if (reply) client.write(reply);
+    if (head.length > 0) upstream.write(head);
+    conn.replyBytes = reply?.length ?? 0;
+    this.pipeInNode(conn, upstream);
+  }
+
+  /**
+   * Node copies the first bytes itself: a short exchange (an API call) never pays for a
+   * handoff. Once RELAY_AFTER_BYTES went through, the pair moves to the kernel relay, which
+   * copies several times faster and never lets the bytes into this process.
+   */
+  private pipeInNode(conn: Conn, upstream: net.Socket): void {
+    const { client } = conn;
+    // socket.pipe: measured as fast as stream.pipeline here and, unlike pipeline, it leaves
+    // a half-closed direction alone (allowHalfOpen) instead of tearing the pair down.
+    upstream.pipe(client);
+    if (client.readableEnded) upstream.end(); // the client half-closed while we were deciding
+    else client.pipe(upstream);
+    if (!this.o.relay) return;
+    const watch = (): void => {
+      if (conn.state !== 'open' || conn.handoff) return;
+      if (upstream.bytesRead + client.bytesRead < RELAY_AFTER_BYTES) return;
+      upstream.off('data', watch);
+      client.off('data', watch);
+      // Half-closed pairs stay with Node to the end: the relay takes two open streams.
+      if (client.readableEnded || upstream.readableEnded || client.writableEnded || upstream.writableEnded) return;
+      const relay = this.o.relay?.() ?? null;
+      if (!relay) return;
+      upstream.unpipe(client);
+      client.unpipe(upstream);
+      // What Node has written so far (queued bytes included); the relay counts the rest.
+      conn.nodeBytes = { aToB: upstream.bytesWritten, bToA: client.bytesWritten - conn.replyBytes };
+      let h: Handoff;
+      try {
+        h = relay.handOff(client, upstream);
+      } catch {
+        upstream.pipe(client);
+        client.pipe(upstream);
+        conn.nodeBytes = null;
+        return;
+      }
+      conn.handoff = h;
+      h.done.then(
+        (r) => this.finishRelayed(conn, 'allow', {}, r),
+        () => this.finishRelayed(conn, 'allow', { closedBy: 'relay-failed' }, null),
+      );
+    };
+    // Registered after pipe()'s own listener: the chunk that crosses the line is written first.
+    upstream.on('data', watch);
+    client.on('data', watch);
+  }
+
+  // ---- ending ---------------------------------------------------------------------------------
+
+  private onSocketClosed(conn: Conn): void {
+    if (conn.state === 'done' || conn.handoff) return;
+    if (conn.state !== 'open') {
+      // The client went away before a decision: that ends the attempt.
+      if (conn.clientClosed) this.refuse(conn, new Refusal('refused', 'client-closed'), false);
+      return;
+    }
+    // A side that closes cleanly has finished both directions; the other one may still be
+    // flushing what it was given, so wait for it. Errors tear both down (see the handlers).
+    if (conn.clientClosed && conn.upstreamClosed) this.finish(conn, 'allow', {}, 'destroy');
+  }
+
+  private destroyBoth(conn: Conn): void {
+    conn.client.destroy();
+    conn.upstream?.destroy();
+  }
+
+  /** Ends a connection at once (sandbox or proxy going away), with its event now. */
+  private endNow(conn: Conn, reason: string): void {
+    if (conn.state === 'open') this.finish(conn, 'allow', { closedBy: reason }, 'reset');
+    else this.refuse(conn, new Refusal('refused', reason), false);
+  }
+
+  /** Refuses: the event now, then a reset (transparent) or an HTTP answer (explicit). */
+  private refuse(conn: Conn, r: Refusal, answer: boolean): void {
+    if (conn.state === 'done') return;
+    const httpAnswer = answer && conn.mode === 'explicit' && !conn.client.destroyed ? explicitAnswer(conn, r) : null;
+    this.finish(conn, r.verdict, { reason: r.reason, ...r.extra }, httpAnswer === null ? 'reset' : 'keep-client');
+    if (httpAnswer !== null) {
+      const { client } = conn;
+      client.resume(); // drain what the client still sends, so closing does not reset the answer away
+      client.end(httpAnswer);
+      setTimeout(() => client.destroy(), LINGER_MS).unref();
+    }
+  }
+
+  /**
+   * The connection's one event. `how` ends its sockets: 'reset' for anything cut short, so
+   * neither end mistakes a truncated stream for a complete one; 'keep-client' while an HTTP
+   * answer is on its way to the client.
+   */
+  private finish(conn: Conn, verdict: Verdict, data: Record<string, unknown>, how: 'destroy' | 'reset' | 'keep-client'): void {
+    if (conn.state === 'done') return;
+    if (conn.handoff) {
+      // The relay holds the sockets: cut there; the event waits for its byte counts.
+      const h = conn.handoff;
+      this.unregister(conn);
+      conn.state = 'done';
+      h.cut();
+      h.done.then((r) => this.emitConnect(conn, verdict, data, r), () => this.emitConnect(conn, verdict, data, null));
+      return;
+    }
+    this.unregister(conn);
+    conn.state = 'done';
+    this.clearTimer(conn);
+    if (verdict !== 'allow' && verdict !== 'cut') this.stats.refused++;
+    const up = conn.upstream;
+    if (up) resetOrDestroy(up, how !== 'destroy');
+    if (how !== 'keep-client') resetOrDestroy(conn.client, how === 'reset');
+    this.emitConnect(conn, verdict, data, up ? { aToB: up.bytesWritten, bToA: up.bytesRead } : null);
+  }
+
+  /** A relayed connection ended by itself (both directions over, or an error): its event. */
+  private finishRelayed(conn: Conn, verdict: Verdict, data: Record<string, unknown>, r: RelayResult | null): void {
+    if (conn.state === 'done') return;
+    this.unregister(conn);
+    conn.state = 'done';
+    this.emitConnect(conn, verdict, data, r);
+  }
+
+  private unregister(conn: Conn): void {
+    const conns = this.bySandbox.get(conn.sandbox.sandboxId);
+    if (conns?.delete(conn)) this.stats.active--;
+    if (conns && conns.size === 0) this.bySandbox.delete(conn.sandbox.sandboxId);
+  }
+
+  /**
+   * The connection's one event. `bytes`: what went each way (for a relayed one the relay's
+   * counts, to which what Node moved before the handoff is added).
+   */
+  private emitConnect(conn: Conn, verdict: Verdict, data: Record<string, unknown>, bytes: RelayResult | null): void {
+    const { name: dataName, address: dataAddress, ...rest } = data;
+    const name = (dataName as string | undefined) ?? conn.name;
+    const event: Record<string, unknown> = {
+      ...(name ? { name } : {}),
+      address: (dataAddress as string | undefined) ?? conn.address ?? conn.dst.address,
+      port: conn.port,
+      verdict,
+      ...rest,
+    };
+    if (verdict === 'allow' || verdict === 'cut') {
+      const before = conn.nodeBytes ?? { aToB: 0, bToA: 0 };
+      event.bytesOut = (bytes?.aToB ?? 0) + (conn.handoff ? before.aToB : 0);
+      event.bytesIn = (bytes?.bToA ?? 0) + (conn.handoff ? before.bToA : 0);
+    }
+    event.durationMs = Date.now() - conn.startedAt;
+    event.mode = conn.mode;
+    try {
+      this.o.onEvent(conn.sandbox.sandboxId, 'net.connect', event);
+    } catch {
+      // The audit sink's failure is its own to report; the proxy carries on.
+    }
+  }
+
+  private clearTimer(conn: Conn): void {
+    if (conn.timer) clearTimeout(conn.timer);
+    conn.timer = null;
+  }
+}
+
+function resetOrDestroy(s: net.Socket, reset: boolean): void {
+  if (s.destroyed) return;
+  // resetAndDestroy needs a connected handle with no shutdown in flight (libuv refuses the
+  // reset then, and Node leaks the handle): otherwise a plain destroy.
+  if (reset && !s.connecting && !s.writableEnded) s.resetAndDestroy();
+  else s.destroy();
+}
+
+type Examined = { need: number } | SniffResult;
+
+function examineTls(data: Buffer): Examined {
+  const r = parseClientHello(data);
+  if (r.status === 'incomplete') {
+    return r.need > TLS_SNIFF_LIMIT ? { ok: false, reason: 'no-sni', detail: 'ClientHello too long' } : { need: r.need };
+  }
+  if (r.status === 'invalid') return { ok: false, reason: 'no-sni', detail: r.reason };
+  if (r.serverName === null) return { ok: false, reason: 'no-sni' };
+  return { ok: true, data, name: r.serverName };
+}
+
+/** Transparent mode: the Host of an HTTP/1.x request. Proxy mode: any complete request head. */
+function examineHttp(data: Buffer, accept: 'any' | 'http'): Examined {
+  const noName = accept === 'http' ? 'bad-request' : 'no-host';
+  const r = parseRequestHead(data);
+  if (r.status === 'incomplete') return { need: data.length + 1 };
+  if (r.status === 'invalid') return { ok: false, reason: noName, detail: r.reason };
+  if (accept === 'http') return { ok: true, data, name: '' };
+  const host = hostOfRequest(r.head);
+  return 'reason' in host ? { ok: false, ...host } : { ok: true, data, name: host.name };
+}
+
+/** Where an origin server would route the request: an absolute-form target wins over Host (RFC 9112 §3.2.2). */
+function hostOfRequest(head: RequestHead): { name: string } | { reason: string; detail?: string } {
+  if (/^https?:\/\//i.test(head.target)) {
+    const t = parseAbsoluteTarget(head.target);
+    if (!t.ok) return t.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad absolute target' };
+    return { name: t.host };
+  }
+  const host = singleHeader(head, 'host');
+  if (host === null || host === '') return { reason: 'no-host' };
+  if (host === 'duplicate') return { reason: 'no-host', detail: 'several Host fields' };
+  const a = parseAuthority(host);
+  if (!a.ok) return a.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad Host' };
+  return { name: a.host };
+}
+
+const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'upgrade']);
+
+/** An absolute-form proxy request rewritten for the origin server: one request, then close. */
+function originFormHead(head: RequestHead, path: string, authority: string): Buffer {
+  const named = new Set<string>();
+  for (const [n, v] of head.headers) if (n.toLowerCase() === 'connection') for (const t of v.split(',')) named.add(t.trim().toLowerCase());
+  const lines = [`${head.method} ${path} ${head.version}`, `Host: ${authority.toLowerCase()}`];
+  for (const [n, v] of head.headers) {
+    const lower = n.toLowerCase();
+    if (lower === 'host' || HOP_BY_HOP.has(lower) || named.has(lower)) continue;
+    lines.push(`${n}: ${v}`);
+  }
+  lines.push('Connection: close', '', '');
+  return Buffer.from(lines.join('\r\n'), 'latin1');
+}
+
+function explicitAnswer(conn: Conn, r: Refusal): string {
+  const [status, text] =
+    r.reason === 'bad-request' ? [400, 'Bad Request']
+      : r.reason === 'sniff-timeout' ? [408, 'Request Timeout']
+        : r.reason === 'connect-failed' || r.reason === 'connect-timeout' ? [502, 'Bad Gateway']
+          : [403, 'Forbidden'];
+  const what = conn.name ?? conn.address ?? (r.extra.name as string | undefined) ?? null;
+  const body = `airlock: ${what ? `egress to ${what}:${conn.port} ` : 'request '}refused: ${r.reason}\n`;
+  return `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+}
