@@ -5,7 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, Option } from 'commander';
 import {
-  RUNTIMES, SANDBOX_STATES, collectAllowHost, collectDenyHost, parseBandwidth, collectEnv, collectLabel, collectMount, parseCpus,
+  RUNTIMES, SANDBOX_STATES, collectAllowHost, collectDenyHost, parseBandwidth, parseNetPool, collectBlockRange, collectEnv, collectLabel, collectMount, parseCpus,
   parseDnsUpstream, parseDurationSeconds, parseFileMode, parseListen, parsePositiveInt, parseSandboxPath,
   parseSignal, parseSizeMiB,
 } from './flags.js';
@@ -96,6 +96,8 @@ Environment:
     .option('--mount-allow <prefix>', 'host path under which --mount sources must lie, compared after resolving links (repeatable; default: anywhere but Airlock\'s own dirs)', collectMountPrefix)
     .option('--no-rw-mounts', 'refuse read-write host mounts (read-only ones stay allowed)')
     .option('--storage-size <size>', 'disk all sandboxes and volumes may claim together, e.g. 64g (default 64g; never more than half the free disk when the data dir was made)', (v: string) => parseSizeMiB(v, '--storage-size'))
+    .option('--net-pool <cidr>', 'addresses for sandbox links, one /30 each (default 10.213.0.0/16)', (v: string) => parseNetPool(v))
+    .option('--block-range <cidr>', 'a destination range the egress proxy refuses; replaces the default list (loopback, link-local, RFC 1918, CGNAT, ULA, multicast…) when given (repeatable)', collectBlockRange)
     .option('--max-upload <size>', 'largest file one upload may write, e.g. 2g (default 8g; uploads stream, so this bounds disk, not memory)', (v: string) => parseSizeMiB(v, '--max-upload'))
     .action((opts: Opts) => set(import('./commands/serve.js').then((m) => m.serveCommand(opts as never))));
 

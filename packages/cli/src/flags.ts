@@ -151,6 +151,19 @@ export function parseBandwidth(value: string, flag = '--bandwidth'): number {
   return n;
 }
 
+export function parseNetPool(value: string): string {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(value.trim());
+  if (!m || isIP(m[1]!) !== 4 || Number(m[2]) < 8 || Number(m[2]) > 30) throw new UsageError(`--net-pool: '${value}' must be an IPv4 CIDR between /8 and /30 (example: 10.213.0.0/16)`);
+  return value.trim();
+}
+
+export function collectBlockRange(value: string, previous: string[] | undefined): string[] {
+  const m = /^([0-9a-fA-F:.]+)(?:\/(\d{1,3}))?$/.exec(value.trim());
+  const family = m ? isIP(m[1]!) : 0;
+  if (!m || family === 0 || Number(m[2] ?? 0) > (family === 4 ? 32 : 128)) throw new UsageError(`--block-range: '${value}' must be an IP range (examples: 10.0.0.0/8, fc00::/7)`);
+  return [...(previous ?? []), value.trim()];
+}
+
 export function collectAllowHost(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), parseAllowHost(value)];
 }

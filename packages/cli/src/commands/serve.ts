@@ -14,6 +14,8 @@ export interface ServeFlags {
   rwMounts?: boolean;
   /** --storage-size, MiB. */
   storageSize?: number;
+  netPool?: string;
+  blockRange?: string[];
   /** --max-upload, MiB: the largest file one PUT may write (413 past it). */
   maxUpload?: number;
 }
@@ -43,6 +45,12 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
     ...(flags.dnsUpstream ? { dnsUpstream: flags.dnsUpstream } : {}),
     mountPolicy: { allowReadWrite: flags.rwMounts !== false, ...(flags.mountAllow ? { allowedHostPrefixes: flags.mountAllow } : {}) },
     ...(flags.storageSize ? { storageSizeGiB: flags.storageSize / 1024 } : {}),
+    ...(flags.netPool || flags.blockRange ? {
+      network: {
+        ...(flags.netPool ? { addressPool: flags.netPool } : {}),
+        ...(flags.blockRange ? { blockedRanges: flags.blockRange } : {}),
+      },
+    } : {}),
   });
   let server: Awaited<ReturnType<typeof startServer>> | undefined;
   try {

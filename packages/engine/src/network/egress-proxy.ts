@@ -382,9 +382,13 @@ export class EgressProxy {
     if (answer.rcode !== 'NOERROR' || answer.addresses.length === 0) {
       throw new Refusal('refused', 'resolve-failed', { name, rcode: answer.rcode });
     }
+    // The policy may have changed while the name resolved (a PATCH): decide with the current one.
+    const current = conn.sandbox.policy();
+    const still = current.checkName(name, port);
+    if (still !== 'allow') throw new Refusal(still, still === 'deny' ? 'deny-rule' : 'not-on-allowlist', { name });
     let first: Refusal | null = null;
     for (const ip of answer.addresses) {
-      const refusal = this.addressRefusal(ip, port, policy);
+      const refusal = this.addressRefusal(ip, port, current);
       if (!refusal) return { name, address: ip, port };
       first ??= refusal;
     }
