@@ -11,6 +11,7 @@ import type {
 import { AirlockError, badRequest, conflict, notFound } from './errors.js';
 import { cgroupMode, childCgroups, removeCgroup } from './runtime/cgroups.js';
 import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
+import { GvisorDriver } from './runtime/gvisor-driver.js';
 import { rootfsHelper } from './runtime/rootfs.js';
 import type { RuntimeDriver, SandboxLaunch } from './runtime/driver.js';
 import { mapAgentError } from './sandbox/agent-errors.js';
@@ -163,6 +164,9 @@ export class Engine implements AirlockEngine {
       ? (level, msg, data) => process.stderr.write(`airlock engine ${level}: ${msg} ${data ? JSON.stringify(data) : ''}\n`)
       : () => {});
     this.drivers = new Map<RuntimeName, RuntimeDriver>([['container', new ContainerDriver(this.dataDir, this.agentBinary, ociRuntime())]]);
+    // gVisor where runsc is installed (scripts/setup-host.sh puts Debian 13's there).
+    const runsc = process.env.AIRLOCK_RUNSC ?? findExecutable('runsc', ['/usr/local/bin/runsc']);
+    if (runsc) this.drivers.set('gvisor', new GvisorDriver(this.dataDir, this.agentBinary, runsc));
     this.storage = StoragePool.open(this.dataDir, { sizeGiB: opts.storageSizeGiB });
     this.volumes = new VolumeStore({
       db: this.db, pool: this.storage, helper: rootfsHelper(this.agentBinary), events: this.events,
@@ -208,6 +212,10 @@ export class Engine implements AirlockEngine {
       throw badRequest(`runtime ${spec.runtime} is not available on this installation (available: ${[...this.drivers.keys()].join(', ')})`, 'runtime');
     }
     const wantsNetwork = spec.network.allow.length > 0;
+    if (wantsNetwork && driver.networkBeforeStart) {
+      // Fail closed: runsc does not take the plumbed namespace on this host yet (see docs/network.md).
+      throw new AirlockError('policy_denied', `network egress is not available for ${spec.runtime} sandboxes on this installation yet; use runtime container, or remove network.allow`);
+    }
     const template = this.templates.require(spec.template);
     // The template's working directory unless the caller chose one.
     if ((input as SandboxSpecInput | undefined)?.workdir === undefined) spec.workdir = template.workdir;
@@ -263,9 +271,18 @@ export class Engine implements AirlockEngine {
       const ready = link.waitConnected(this.startTimeoutMs);
       ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
       const engineBinds = [{ source: resolvConf, target: '/etc/resolv.conf', readOnly: true }];
-      await driver.start({ id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds, engineBinds });
+      let netnsPath: string | undefined;
+      if (lease && driver.networkBeforeStart) {
+        // This runtime reads its interfaces once, at start: plumb a fresh namespace first.
+        await this.network.attach(rec.id, lease, undefined, spec.network);
+        netnsPath = NetworkManager.netnsPath(rec.id);
+      }
+      await driver.start({
+        id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds, engineBinds,
+        ...(netnsPath ? { netnsPath } : {}),
+      });
       await ready;
-      if (lease) {
+      if (lease && !driver.networkBeforeStart) {
         // Plumbed before create returns: no command of the caller runs before the rules exist.
         const pid = await driver.networkPid(rec.id);
         if (pid === null) throw new Error('the sandbox exited before its network could be set up');
@@ -316,6 +333,9 @@ export class Engine implements AirlockEngine {
       if (this.network.has(id) && next.allow.length > 0) {
         cut = await this.network.update(id, next, next.bandwidthMbps !== cur.bandwidthMbps);
       } else if (next.allow.length > 0) {
+        if (driver.networkBeforeStart) {
+          throw new AirlockError('policy_denied', `a ${rec.spec.runtime} sandbox gets its network when it is created; create it with network.allow`);
+        }
         const lease = this.network.allocate(id);
         try {
           const pid = await driver.networkPid(id);
@@ -904,11 +924,13 @@ export class Engine implements AirlockEngine {
     }
     // Host objects with no live sandbox behind them.
     const container = this.drivers.get('container')!;
-    const leftovers = new Set<string>(await container.list());
-    for (const name of safeReaddir(join(this.dataDir, 'sandboxes'))) leftovers.add(name);
-    for (const id of leftovers) {
+    const leftovers = new Map<string, RuntimeDriver>();
+    for (const name of safeReaddir(join(this.dataDir, 'sandboxes'))) leftovers.set(name, container);
+    // Each runtime's own state names the driver that can remove it.
+    for (const d of this.drivers.values()) for (const id of await d.list()) leftovers.set(id, d);
+    for (const [id, driver] of leftovers) {
       if (keep.has(id) || !SANDBOX_ID_RE.test(id)) continue;
-      await container.destroy(id).catch(() => {});
+      await driver.destroy(id).catch(() => {});
       removed.push(id);
     }
     // cgroups are shared by every data dir on the host: only remove the ones this store knows ended.

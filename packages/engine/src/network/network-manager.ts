@@ -10,7 +10,7 @@ import { EgressPolicy } from './egress-policy.js';
 import { EgressProxy } from './egress-proxy.js';
 import { SpliceRelay } from './splice-relay.js';
 import {
-  applySandboxRules, createLink, DEFAULT_FWMARK, DEFAULT_ROUTE_TABLE, ensureBaseRules, hostInterfaces, namedNamespaces,
+  applySandboxRules, createLink, DEFAULT_FWMARK, NETNS_DIR, netnsName, DEFAULT_ROUTE_TABLE, ensureBaseRules, hostInterfaces, namedNamespaces,
   removeBaseRulesIfUnused, removeLink, removeSandboxRules, sandboxChains, setBandwidth,
 } from './host-network.js';
 
@@ -105,6 +105,10 @@ export class NetworkManager {
   /** Takes the sandbox's link addresses before it starts (its resolv.conf names the gateway). */
   allocate(id: string): NetworkLease {
     return this.pool.allocate({ dataDir: this.o.dataDir, sandboxId: id });
+  }
+
+  static netnsPath(id: string): string {
+    return `${NETNS_DIR}/${netnsName(id)}`;
   }
 
   /** The /etc/resolv.conf a networked sandbox gets, read-only. */

@@ -4,6 +4,7 @@ import { AGENT_PATH_IN_SANDBOX, CONTROL_DIR_IN_SANDBOX, HOST_SOCKET_NAME, SANDBO
 import { fsUsage, type DiskUsage } from '../storage/disk-watch.js';
 import { run } from '../util/run.js';
 import { oomKills, pidsMaxHits, removeCgroup } from './cgroups.js';
+import type { RuntimeName } from '../types.js';
 import type { DriverStatus, LimitCounters, RuntimeDriver, SandboxLaunch } from './driver.js';
 import { buildOciSpec } from './oci-spec.js';
 import { mountRootfs, rootfsHelper, rootfsPaths, unmountRootfs } from './rootfs.js';
@@ -16,20 +17,31 @@ export const cgroupsPathFor = (id: string) => `/airlock/${id}`;
  * idle sandbox costs the host only its agent process.
  */
 export class ContainerDriver implements RuntimeDriver {
-  readonly name = 'container' as const;
-  private readonly stateRoot: string;
+  readonly name: RuntimeName = 'container';
+  readonly networkBeforeStart: boolean = false;
+  protected readonly stateRoot: string;
 
   private readonly rootfsHelper: string;
   /** runc processes still finishing a start, by sandbox id. */
-  private readonly starting = new Map<string, Promise<void>>();
+  protected readonly starting = new Map<string, Promise<void>>();
 
-  constructor(private readonly dataDir: string, agentBinary: string, private readonly runtimeBinary = 'runc') {
-    this.stateRoot = join(dataDir, 'runc');
+  constructor(protected readonly dataDir: string, agentBinary: string, protected readonly runtimeBinary = 'runc', stateDirName = 'runc') {
+    this.stateRoot = join(dataDir, stateDirName);
     this.rootfsHelper = rootfsHelper(agentBinary);
     mkdirSync(this.stateRoot, { recursive: true, mode: 0o700 });
   }
 
-  private sandboxDir(id: string): string {
+  /** Global flags before the runtime's command (runsc adds its platform and network mode). */
+  protected runtimeArgs(_launch?: SandboxLaunch): string[] {
+    return ['--root', this.stateRoot];
+  }
+
+  /** A runtime's own changes to the shared hardened spec. */
+  protected adjustSpec(spec: Record<string, unknown>): Record<string, unknown> {
+    return spec;
+  }
+
+  protected sandboxDir(id: string): string {
     return join(this.dataDir, 'sandboxes', id);
   }
 
@@ -51,6 +63,7 @@ export class ContainerDriver implements RuntimeDriver {
         idMapSize: SANDBOX_ID_SIZE,
         resources: l.spec.resources,
         cgroupsPath: cgroupsPathFor(l.id),
+        ...(l.netnsPath ? { netnsPath: l.netnsPath } : {}),
         binds: [
           { source: l.controlDir, target: CONTROL_DIR_IN_SANDBOX, readOnly: true },
           { source: l.agentBinary, target: AGENT_PATH_IN_SANDBOX, readOnly: true },
@@ -59,11 +72,11 @@ export class ContainerDriver implements RuntimeDriver {
           ...(l.engineBinds ?? []).map((m) => ({ source: m.source, target: m.target, readOnly: true })),
         ],
       });
-      writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
+      writeFileSync(join(bundle, 'config.json'), JSON.stringify(this.adjustSpec(spec)));
       // runc's own errors and the agent's fatal messages land here; read back on failure.
       const logPath = join(l.dir, 'runtime.log');
       const logFd = openSync(logPath, 'w', 0o600);
-      const runtime = run(this.runtimeBinary, ['--root', this.stateRoot, 'run', '--detach', '--pid-file', join(l.dir, 'init.pid'), '--bundle', bundle, l.id], {
+      const runtime = run(this.runtimeBinary, [...this.runtimeArgs(l), 'run', '--detach', '--pid-file', join(l.dir, 'init.pid'), '--bundle', bundle, l.id], {
         stdio: ['ignore', 'ignore', logFd],
         allowFailure: true,
         timeoutMs: 30_000,
@@ -82,17 +95,20 @@ export class ContainerDriver implements RuntimeDriver {
     }
   }
 
+  /** runc keeps its state in one directory per container, which the fast destroy removes. */
+  protected readonly fastKill: boolean = true;
+
   async destroy(id: string): Promise<void> {
     await this.starting.get(id);
     const dir = this.sandboxDir(id);
     // Fast path: SIGKILL the sandbox's PID 1 (the kernel then kills everything else in its pid
     // namespace) and remove the runtime's state ourselves. `runc delete --force` does the same
     // but sleeps 100 ms before its first check, and `runc delete` costs a process start.
-    const killed = await killInitProcess(join(dir, 'init.pid'), cgroupsPathFor(id));
+    const killed = this.fastKill && await killInitProcess(join(dir, 'init.pid'), cgroupsPathFor(id));
     if (killed) {
       rmSync(join(this.stateRoot, id), { recursive: true, force: true });
     } else {
-      const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
+      const r = await run(this.runtimeBinary, [...this.runtimeArgs(), 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
       if (r.code !== 0 && (await this.status(id)) !== 'absent') {
         throw new Error(`${this.runtimeBinary} delete ${id} failed: ${r.stderr.trim().slice(0, 500)}`);
       }
@@ -126,7 +142,7 @@ export class ContainerDriver implements RuntimeDriver {
   }
 
   async status(id: string): Promise<DriverStatus> {
-    const r = await run(this.runtimeBinary, ['--root', this.stateRoot, 'state', id], { allowFailure: true, timeoutMs: 10_000 });
+    const r = await run(this.runtimeBinary, [...this.runtimeArgs(), 'state', id], { allowFailure: true, timeoutMs: 10_000 });
     if (r.code !== 0) return 'absent';
     try {
       const s = JSON.parse(r.stdout) as { status?: string };

@@ -30,6 +30,11 @@ export interface SandboxLaunch {
   /** Files the engine provides (e.g. /etc/resolv.conf), bound read-only last. */
   engineBinds?: MountSpec[];
   /**
+   * The sandbox's network namespace, already plumbed, for a driver whose runtime must find its
+   * interfaces at start (networkBeforeStart); absent: no network.
+   */
+  netnsPath?: string;
+  /**
    * Resolves when the agent has dialled in. A driver may treat it as proof of a successful
    * start and return before its runtime's own bookkeeping finishes (it must then let that
    * finish before destroy()).
@@ -51,6 +56,11 @@ export interface LimitCounters {
  */
 export interface RuntimeDriver {
   readonly name: RuntimeName;
+  /**
+   * True when the network must exist before start (the runtime reads the namespace's interfaces
+   * once, like runsc); false when the engine plumbs the namespace of the running sandbox.
+   */
+  readonly networkBeforeStart: boolean;
   /** Creates and starts the sandbox with the agent as PID 1. Cleans up after itself on failure. */
   start(launch: SandboxLaunch): Promise<void>;
   /** Kills every process and frees every host object. Idempotent, tolerant of partial state. */

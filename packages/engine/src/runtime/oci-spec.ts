@@ -35,6 +35,8 @@ export interface OciSpecOptions {
   shmSizeMiB?: number;
   /** Accept 32-bit (i386) system calls; see SeccompOptions.compat32 for what that costs. */
   compat32?: boolean;
+  /** Join this network namespace instead of a new one (a runtime that cannot be given a veth later). */
+  netnsPath?: string;
 }
 
 /** Kept capabilities; each one's reason is in docs/security.md. All others are dropped. */
@@ -90,7 +92,8 @@ export function buildOciSpec(o: OciSpecOptions): Record<string, unknown> {
   const shmMiB = o.shmSizeMiB ?? DEFAULT_SHM_MIB;
   // All new. The network one holds only lo; the host may move a veth into it later, and the
   // sandbox cannot reconfigure it because CAP_NET_ADMIN is not in its capability set.
-  const namespaces = ['user', 'pid', 'mount', 'ipc', 'uts', 'network', 'cgroup'].map((type) => ({ type }));
+  const namespaces = ['user', 'pid', 'mount', 'ipc', 'uts', 'network', 'cgroup']
+    .map((type) => (type === 'network' && o.netnsPath ? { type, path: o.netnsPath } : { type }));
   const caps = [...KEPT_CAPABILITIES];
   const process: Record<string, unknown> = {
     terminal: false,
