@@ -212,10 +212,6 @@ export class Engine implements AirlockEngine {
       throw badRequest(`runtime ${spec.runtime} is not available on this installation (available: ${[...this.drivers.keys()].join(', ')})`, 'runtime');
     }
     const wantsNetwork = spec.network.allow.length > 0;
-    if (wantsNetwork && driver.networkBeforeStart) {
-      // Fail closed: runsc does not take the plumbed namespace on this host yet (see docs/network.md).
-      throw new AirlockError('policy_denied', `network egress is not available for ${spec.runtime} sandboxes on this installation yet; use runtime container, or remove network.allow`);
-    }
     const template = this.templates.require(spec.template);
     // The template's working directory unless the caller chose one.
     if ((input as SandboxSpecInput | undefined)?.workdir === undefined) spec.workdir = template.workdir;

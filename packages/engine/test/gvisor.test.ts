@@ -73,14 +73,13 @@ describe('gvisor tier', () => {
     await engine.killSandbox(admin, s.id);
   });
 
-  test('no network: only loopback, connects fail at once; an allowlist is refused (fail closed)', async () => {
+  test('no network: only loopback, connects fail at once', async () => {
     const s = await gvisor();
     const t0 = Date.now();
     const r = await engine.exec(admin, s.id, { cmd: ['/bin/sh', '-c', 'nc -w 2 203.0.113.10 80 </dev/null; echo rc=$?'] });
     assert.match(r.stdout, /rc=1/);
     assert.ok(Date.now() - t0 < 2000);
     await engine.killSandbox(admin, s.id);
-    await assert.rejects(gvisor({ network: { allow: ['a.test'] } }), (e: AirlockError) => e.status === 422);
   });
 
   test('limits: a process flood stops at pids; lifetime expiry ends it', async () => {

@@ -252,6 +252,42 @@ except OSError as e: print("v6-refused", e.errno)
   });
 });
 
+describe('gvisor tier', () => {
+  test('the same policy holds: a.test over HTTP(S), nothing else, no escape by reconfiguring', async () => {
+    const s = await engine.createSandbox(admin, { runtime: 'gvisor', template: 'base', timeoutSeconds: 120, network: { allow: ['a.test'] } });
+    ids.push(s.id);
+    await engine.writeFile(admin, s.id, '/work/ca.pem', Buffer.from(net.caPem));
+    const r = await sh(s.id, [
+      curl('http://a.test/'), curl('--cacert /work/ca.pem https://a.test/'),
+      curl('http://b.test/'), curl('http://203.0.113.11/'), curl('-H "Host: a.test" http://203.0.113.11/'),
+      curl('http://169.254.77.77/'), curl('http://10.254.254.1/'),
+    ].join('; '));
+    const lines = r.stdout.trim().split('\n');
+    assert.match(lines[0]!, /hello from 203\.0\.113\.10 host=a\.test/, r.stdout + r.stderr);
+    assert.match(lines[1]!, /hello from 203\.0\.113\.10 host=a\.test/);
+    assert.match(lines[2]!, /FAIL/);
+    assert.match(lines[3]!, /FAIL/);
+    assert.match(lines[4]!, /hello from 203\.0\.113\.10/); // the proxy dials a.test's own address
+    assert.match(lines[5]!, /FAIL/);
+    assert.match(lines[6]!, /FAIL/);
+    const u = await py(s.id, `
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1.5)
+u.sendto(b"x" * 20, ("203.0.113.53", 53))
+try: u.recvfrom(512); print("UDP-ANSWERED")
+except OSError: print("udp-dropped")
+try: socket.socket(socket.AF_INET, socket.SOCK_RAW, 1); print("RAW-OPENED")
+except OSError as e: print("raw-refused", e.errno)
+`);
+    assert.doesNotMatch(u.stdout, /UDP-ANSWERED|RAW-OPENED/, u.stdout);
+    assert.deepEqual(await net.canaryHits(), []);
+    assert.ok(netEvents(s.id, 'net.dns').some((e) => e.data.name === 'a.test' && e.data.verdict === 'allow'));
+    await assert.rejects(engine.updateNetwork(admin, s.id, { allow: [] }).then(() => engine.updateNetwork(admin, s.id, { allow: ['a.test'] })), (e: { status?: number }) => e.status === 422);
+    await engine.killSandbox(admin, s.id);
+    assert.deepEqual(networkLeftovers(dataDir, [s.id]), []);
+  });
+});
+
 describe('rebinding and refused ranges', () => {
   test('allowed names that resolve to loopback, private, link-local or host addresses are refused', async () => {
     const s = await sandbox(['private.test', 'linklocal.test', 'metadata.test', 'loop.test', 'hostaddr.test']);

@@ -11,9 +11,12 @@ import type { SandboxLaunch } from './driver.js';
  * - platform systrap (Debian 13's runsc; ~5x faster here than ptrace);
  * - the agent reaches the host socket bound at /run/airlock through `--host-uds=open`
  *   (connect only: the sandbox cannot create host sockets);
- * - network: `none` (only loopback, inside gVisor) unless the sandbox has an allowlist, in
- *   which case runsc's own network stack takes the veth the engine plumbed into the namespace
- *   before start, so nftables, the resolver and the proxy apply unchanged.
+ * - network: `none` (only loopback, inside gVisor) unless the sandbox has an allowlist. Then
+ *   the sandbox runs in the namespace the engine plumbed before start, with gVisor's host
+ *   network mode: socket calls the sentry has vetted go to the kernel *in that namespace*, so
+ *   the veth, nftables, the resolver and the proxy apply unchanged. (runsc's own netstack mode
+ *   cannot be used here: this runsc decides it is in the root namespace whenever
+ *   /proc/sys/net/core/rmem_default exists, which kernels >= 6.x show in every namespace.)
  */
 export class GvisorDriver extends ContainerDriver {
   override readonly name: RuntimeName = 'gvisor';
@@ -27,7 +30,7 @@ export class GvisorDriver extends ContainerDriver {
 
   protected override runtimeArgs(launch?: SandboxLaunch): string[] {
     const args = ['--root', this.stateRoot, `--platform=${this.platform}`, '--host-uds=open'];
-    if (launch) args.push(`--network=${launch.netnsPath ? 'sandbox' : 'none'}`);
+    if (launch) args.push(`--network=${launch.netnsPath ? 'host' : 'none'}`);
     return args;
   }
 
