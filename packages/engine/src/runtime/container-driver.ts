@@ -95,8 +95,18 @@ export class ContainerDriver implements RuntimeDriver {
     }
   }
 
-  /** runc keeps its state in one directory per container, which the fast destroy removes. */
+  /** Whether destroy may try killFast before the runtime's own (slower) delete. */
   protected readonly fastKill: boolean = true;
+
+  /**
+   * Kills the sandbox without the runtime's help and removes its state; false when that was not
+   * possible (then `delete --force` runs). runc keeps one state directory per container.
+   */
+  protected async killFast(id: string): Promise<boolean> {
+    if (!(await killInitProcess(join(this.sandboxDir(id), 'init.pid'), cgroupsPathFor(id)))) return false;
+    rmSync(join(this.stateRoot, id), { recursive: true, force: true });
+    return true;
+  }
 
   async destroy(id: string): Promise<void> {
     await this.starting.get(id);
@@ -104,10 +114,8 @@ export class ContainerDriver implements RuntimeDriver {
     // Fast path: SIGKILL the sandbox's PID 1 (the kernel then kills everything else in its pid
     // namespace) and remove the runtime's state ourselves. `runc delete --force` does the same
     // but sleeps 100 ms before its first check, and `runc delete` costs a process start.
-    const killed = this.fastKill && await killInitProcess(join(dir, 'init.pid'), cgroupsPathFor(id));
-    if (killed) {
-      rmSync(join(this.stateRoot, id), { recursive: true, force: true });
-    } else {
+    const killed = this.fastKill && await this.killFast(id);
+    if (!killed) {
       const r = await run(this.runtimeBinary, [...this.runtimeArgs(), 'delete', '--force', id], { allowFailure: true, timeoutMs: 30_000 });
       if (r.code !== 0 && (await this.status(id)) !== 'absent') {
         throw new Error(`${this.runtimeBinary} delete ${id} failed: ${r.stderr.trim().slice(0, 500)}`);
@@ -179,7 +187,7 @@ export class ContainerDriver implements RuntimeDriver {
  * process in this sandbox's cgroup (pids are reused). Resolves true once it is dead (a zombie or
  * gone: by then every other process of its pid namespace is gone too).
  */
-async function killInitProcess(pidFile: string, cgroupsPath: string): Promise<boolean> {
+export async function killInitProcess(pidFile: string, cgroupsPath: string): Promise<boolean> {
   let pid: number;
   try {
     pid = Number(readFileSync(pidFile, 'utf8').trim());
