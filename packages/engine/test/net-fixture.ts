@@ -112,6 +112,20 @@ function run(cmd: string, args: string[]): Promise<string> {
 
 const ip = (...args: string[]): Promise<string> => run('ip', args);
 const linkExists = (name: string): boolean => existsSync(`/sys/class/net/${name}`);
+
+/**
+ * Deletes a veth end. Deleting the peer's namespace frees the pair in a kernel workqueue, so the
+ * link may vanish between the check and the delete: a delete that fails while the link is gone
+ * has nothing left to do.
+ */
+async function deleteLink(name: string): Promise<void> {
+  if (!linkExists(name)) return;
+  try {
+    await ip('link', 'del', name);
+  } catch (err) {
+    if (linkExists(name)) throw err;
+  }
+}
 const netnsExists = (name: string): boolean => existsSync(`/run/netns/${name}`);
 
 // ---- the host-wide lock --------------------------------------------------------------------
@@ -228,7 +242,7 @@ async function removeStaleFixtures(): Promise<string[]> {
     removed.push(`netns ${ns}`);
   }
   for (const link of safeReaddir('/sys/class/net').filter((n) => LINK_RE.test(n))) {
-    if (linkExists(link)) await ip('link', 'del', link);
+    await deleteLink(link);
     removed.push(`link ${link}`);
   }
   for (const d of safeReaddir(tmpdir()).filter((n) => n.startsWith(TMP_PREFIX))) {
@@ -433,6 +447,15 @@ function ipSync(...args: string[]): void {
   execFileSync('ip', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
+function deleteLinkSync(name: string): void {
+  if (!linkExists(name)) return;
+  try {
+    ipSync('link', 'del', name);
+  } catch (err) {
+    if (linkExists(name)) throw err;
+  }
+}
+
 // ---- the fixture ---------------------------------------------------------------------------
 
 function checkRecords(records: Record<string, string>): void {
@@ -522,11 +545,7 @@ export async function startTestInternet(opts: { records?: Record<string, string>
     const addVeth = async (hostSide: string, ns: string): Promise<void> => {
       await ip('link', 'add', hostSide, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
       // Deleting one end deletes both, and every route through it.
-      undo.add(`link ${hostSide}`, async () => {
-        if (linkExists(hostSide)) await ip('link', 'del', hostSide);
-      }, () => {
-        if (linkExists(hostSide)) ipSync('link', 'del', hostSide);
-      });
+      undo.add(`link ${hostSide}`, () => deleteLink(hostSide), () => deleteLinkSync(hostSide));
     };
 
     const inetNs = `airlock-tnet-${id}`;
