@@ -34,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -49,6 +50,7 @@ extern char **environ;
 
 enum {
 	T_EXEC = 1, T_STDIN = 2, T_SIGNAL = 3, T_PS = 4, T_KILLPID = 5, T_PING = 6, T_CANCEL = 7,
+	T_RESIZE = 8, T_FLOW = 9,
 	T_FREAD = 10, T_FWRITE_BEGIN = 11, T_FWRITE_DATA = 12, T_FLIST = 13, T_FDELETE = 14,
 	T_FSTAT = 15, T_FMKDIR = 16, T_FRENAME = 17, T_FWATCH = 18, T_FWALK = 19,
 	T_HELLO = 128, T_STARTED = 129, T_STDOUT = 130, T_STDERR = 131, T_EXIT = 132, T_ERROR = 133,
@@ -58,12 +60,16 @@ enum {
 
 #define EXEC_KEEP_STDIN 1u
 #define EXEC_BACKGROUND 2u
+#define EXEC_PTY 4u
 #define EXIT_TIMED_OUT 1u
+#define EXIT_OOM_KILLED 2u /* microvm: SIGKILLed while the guest's OOM killer ran */
 
 /* ---- limits ---- */
 #define OUT_SOFT (4u << 20)      /* queued output above this: stop reading pipes and files */
 #define OUT_HARD (8u << 20)      /* ... above this: stop reading the host socket too */
 #define STDIN_HIGH (1u << 20)    /* buffered stdin above this: stop reading the host socket */
+#define PTY_IN_MAX (256u * 1024u) /* a pty's unread input beyond this is dropped, as a full tty queue does */
+#define PTY_DRAIN_MAX (1u << 20) /* output a pty still holds when its process exits, sent before EXIT */
 #define BLOCK_SIZE (128u * 1024u)
 #define PIPE_READ (64u * 1024u)
 #define FILE_CHUNK (256u * 1024u)
@@ -97,6 +103,7 @@ enum {
 static char *g_token;
 static size_t g_token_len;
 static const char *g_sock_path;
+static int g_port_fd = -1;      /* --port-fd: a virtio-serial port (microvm), held for life */
 static pid_t g_self;
 static int g_is_init;           /* PID 1 of a pid namespace (the sandbox), not a test run */
 static int g_devnull = -1;
@@ -132,12 +139,15 @@ struct exec {
 	size_t in_off, in_len;
 	uint64_t deadline;          /* monotonic ms, 0 = none */
 	int timed_out;
+	uint64_t oom_kills_at_start; /* microvm: the guest kernel's oom_kill count at fork */
 	/* STARTED waits until the child has exec'd (or failed to): the read end of a CLOEXEC pipe
 	 * whose write end only the child holds reaches EOF then. Until then a PS would show the
 	 * agent's own command line for the pid the host is about to learn. */
 	int ready_fd;
 	int announced;
 	pid_t started_pid;
+	int is_pty;                 /* out_fd is a pty master, in_fd a dup of it; no err_fd */
+	int out_held;               /* FLOW: the host asked us to stop reading this exec's output */
 };
 static struct exec *g_execs;
 static size_t g_exec_count;
@@ -770,23 +780,85 @@ static void pipe_drain(struct exec *e, int is_err)
 	}
 }
 
+/* A pty's master: FIONREAD can undercount (the kernel moves a pty's data to the reader's
+ * queue from a work item), but a read flushes that first; so read until the queue is empty,
+ * bounded, because a leftover descendant may still be writing. */
+static void pty_drain(struct exec *e)
+{
+	size_t total = 0;
+	while (e->out_fd >= 0 && total < PTY_DRAIN_MAX) {
+		ssize_t r = pipe_read(e, 0, PIPE_READ);
+		if (r <= 0)
+			return;
+		total += (size_t)r;
+	}
+}
+
+/* Closing a pty's master hangs its terminal up: what is left on it (leftover descendants)
+ * reads EOF and gets EIO on writes, and the session's processes get SIGHUP. */
+static void pty_hangup(struct exec *e)
+{
+	if (!e->is_pty)
+		return;
+	close_fd(&e->out_fd);
+	stdin_close(e);
+}
+
+/* In a microVM the whole kernel is the sandbox's: its oom_kill counter (in /proc/vmstat) says
+ * whether the OOM killer ran, as the host's cgroup counter does for the other tiers. 0 in a
+ * container or gVisor, where the host reads its own counters. */
+static uint64_t guest_oom_kills(void)
+{
+	if (g_port_fd < 0)
+		return 0;
+	int fd = open("/proc/vmstat", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	static char buf[8192];
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	const char *p = strstr(buf, "\noom_kill ");
+	return p ? strtoull(p + 10, NULL, 10) : 0;
+}
+
 static void exec_exited(struct exec *e, int status)
 {
 	exec_announce(e);
 	e->pid = 0;
-	pipe_drain(e, 0);
-	pipe_drain(e, 1);
+	if (e->is_pty) {
+		pty_drain(e);
+	} else {
+		pipe_drain(e, 0);
+		pipe_drain(e, 1);
+	}
 	if (e->channel) {
 		unsigned char p[12];
 		int32_t code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 		uint32_t sig = WIFSIGNALED(status) ? (uint32_t)WTERMSIG(status) : 0;
 		put32(p, (uint32_t)code);
 		put32(p + 4, sig);
-		put32(p + 8, e->timed_out ? EXIT_TIMED_OUT : 0);
+		uint32_t flags = e->timed_out ? EXIT_TIMED_OUT : 0;
+		if (sig == SIGKILL && g_port_fd >= 0 && guest_oom_kills() > e->oom_kills_at_start)
+			flags |= EXIT_OOM_KILLED;
+		put32(p + 8, flags);
 		send_frame(T_EXIT, e->channel, p, sizeof p);
 		e->channel = 0;
 	}
 	stdin_close(e);
+	pty_hangup(e);
+}
+
+/* The connection is gone: the exec keeps running, its output is read and dropped. A terminal
+ * nobody can type into any more is hung up, as when a remote login's connection drops. */
+static void exec_detach(struct exec *e)
+{
+	e->channel = 0;
+	e->out_held = 0;
+	stdin_close(e);
+	pty_hangup(e);
 }
 
 /* Drop every exec that has exited and whose pipes are closed. */
@@ -829,12 +901,18 @@ static void child_fail(const char *what, const char *arg, int err, int code)
 	_exit(code);
 }
 
-/* In the forked child: become the exec's process, or exit 126/127 with a message. */
-static void child_exec(int in, int out, int err, uid_t uid, gid_t gid, const char *cwd,
+/* In the vforked child: become the exec's process, or exit 126/127 with a message.
+ * `ctty` >= 0: a pty's slave (also in, out and err) that becomes the controlling terminal. */
+static void child_exec(int in, int out, int err, int ctty, uid_t uid, gid_t gid, const char *cwd,
 		       char **argv, char **envp)
 {
 	sigset_t none;
 	setsid(); /* own process group: the target of SIGNAL and of the timeout */
+	if (ctty >= 0 && ioctl(ctty, TIOCSCTTY, 0) != 0) {
+		int e = errno;
+		dup2(ctty, 2);
+		child_fail("controlling terminal", "", e, 126);
+	}
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	signal(SIGPIPE, SIG_DFL); /* the only disposition the agent changes */
@@ -882,9 +960,88 @@ static int set_nonblock(int fd)
 	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
+static int rd_u16(struct rd *r, uint16_t *v)
+{
+	if (r->n < 2)
+		return -1;
+	*v = (uint16_t)(r->p[0] << 8 | r->p[1]);
+	r->p += 2;
+	r->n -= 2;
+	return 0;
+}
+
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+/* A master that is really a pty master (the sandbox's code may have replaced /dev/ptmx with
+ * anything: O_NONBLOCK so a FIFO cannot block us, then the ioctl proves what it is). */
+static int ptmx_open(unsigned *index)
+{
+	static const char *const paths[] = { "/dev/ptmx", "/dev/pts/ptmx" };
+	int err = ENOENT;
+	for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+		int m = open(paths[i], O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+		if (m < 0) {
+			err = errno;
+			continue;
+		}
+		struct stat st;
+		int unlock = 0;
+		if (fstat(m, &st) == 0 && S_ISCHR(st.st_mode) && ioctl(m, TIOCGPTN, index) == 0 &&
+		    ioctl(m, TIOCSPTLCK, &unlock) == 0)
+			return m;
+		err = ENODEV;
+		close(m);
+	}
+	errno = err;
+	return -1;
+}
+
+/* Opens a new pty of the sandbox's own devpts; 0 or an errno. The slave is opened through
+ * the master where the kernel allows (no path lookup), else by its path, checked to be it. */
+static int pty_open(int *master, int *slave, uint16_t rows, uint16_t cols)
+{
+	unsigned n = 0;
+	int m = ptmx_open(&n);
+	if (m < 0)
+		return errno;
+	int s = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (s < 0) {
+		char path[32];
+		struct stat st;
+		fmt(path, sizeof path, "/dev/pts/%u", n);
+		s = open(path, O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+		if (s >= 0 && (fstat(s, &st) != 0 || !S_ISCHR(st.st_mode) || major(st.st_rdev) < 136 ||
+			       major(st.st_rdev) > 143 || (major(st.st_rdev) - 136) * 256 + minor(st.st_rdev) != n)) {
+			close(s);
+			s = -1;
+			errno = ENODEV;
+		}
+		if (s >= 0) {
+			int fl = fcntl(s, F_GETFL);
+			if (fl >= 0)
+				fcntl(s, F_SETFL, fl & ~O_NONBLOCK); /* the program gets a blocking terminal */
+		}
+	}
+	if (s < 0) {
+		int e = errno;
+		close(m);
+		return e;
+	}
+	if (rows && cols) {
+		struct winsize ws = { .ws_row = rows, .ws_col = cols };
+		ioctl(m, TIOCSWINSZ, &ws);
+	}
+	*master = m;
+	*slave = s;
+	return 0;
+}
+
 static void handle_exec(uint32_t ch, struct rd r)
 {
 	uint32_t flags, uid, gid, timeout, argc, envc;
+	uint16_t rows = 0, cols = 0;
 	const char *cwd;
 	if (rd_u32(&r, &flags) || rd_u32(&r, &uid) || rd_u32(&r, &gid) || rd_u32(&r, &timeout) ||
 	    rd_str(&r, &cwd) || rd_u32(&r, &argc)) {
@@ -914,7 +1071,7 @@ static void handle_exec(uint32_t ch, struct rd r)
 		conn_fail("malformed EXEC env");
 		return;
 	}
-	envp = malloc((envc + 1) * sizeof *envp);
+	envp = malloc((envc + 2) * sizeof *envp); /* + TERM for a pty */
 	if (!envp) {
 		free(argv);
 		send_error(ch, ENOMEM, "exec");
@@ -928,6 +1085,13 @@ static void handle_exec(uint32_t ch, struct rd r)
 			return;
 		}
 	}
+	int pty = (flags & EXEC_PTY) != 0;
+	if (pty && (rd_u16(&r, &rows) || rd_u16(&r, &cols))) {
+		free(argv);
+		free(envp);
+		conn_fail("malformed EXEC pty size");
+		return;
+	}
 	envp[envc] = NULL;
 	if (r.n != 0) {
 		free(argv);
@@ -935,34 +1099,63 @@ static void handle_exec(uint32_t ch, struct rd r)
 		conn_fail("malformed EXEC (trailing bytes)");
 		return;
 	}
+	if (pty) {
+		int has_term = 0;
+		for (uint32_t i = 0; i < envc && !has_term; i++)
+			has_term = strncmp(envp[i], "TERM=", 5) == 0;
+		if (!has_term)
+			envp[envc++] = (char *)"TERM=xterm-256color";
+		envp[envc] = NULL;
+	}
 
 	int background = (flags & EXEC_BACKGROUND) != 0;
 	int keep_stdin = !background && (flags & EXEC_KEEP_STDIN);
 	int pin[2] = { -1, -1 }, pout[2] = { -1, -1 }, perr[2] = { -1, -1 }, pready[2] = { -1, -1 };
+	int slave = -1;
 	struct exec *e = NULL;
 	int err = 0;
-	if (g_exec_count >= MAX_EXECS)
+	if (pty && background)
+		err = EINVAL;
+	else if (g_exec_count >= MAX_EXECS)
 		err = EAGAIN;
 	else if (!(e = calloc(1, sizeof *e)))
 		err = ENOMEM;
+	else if (pty)
+		err = pty_open(&pout[0], &slave, rows, cols);
 	else if (!background && (pipe2(pout, O_CLOEXEC) || pipe2(perr, O_CLOEXEC)))
 		err = errno;
 	else if (keep_stdin && pipe2(pin, O_CLOEXEC))
+		err = errno;
+	/* The pty's input side: a second descriptor of the master, so closing stdin (an empty
+	 * STDIN frame) leaves the terminal alone. */
+	if (!err && pty && (pin[1] = fcntl(pout[0], F_DUPFD_CLOEXEC, 3)) < 0)
 		err = errno;
 	pid_t pid = -1;
 	const char *cmd = argv[0]; /* points into the frame, which outlives this call */
 	if (!err && pipe2(pready, O_CLOEXEC) != 0)
 		pready[0] = pready[1] = -1; /* then STARTED goes out right after fork, as a fallback */
 	if (!err) {
-		pid = fork();
-		if (pid == 0)
+		/* vfork: the child borrows this address space until it execs, so no page tables are
+		 * copied. Under gVisor a fork costs a new address space in the sentry (~25 ms here);
+		 * vfork + exec about a third of that. child_exec only makes system calls, writes
+		 * nothing this process reads afterwards except `environ` (put back below), and never
+		 * returns. Every signal the agent handles is blocked and read through signalfd, so no
+		 * handler can run in the child on this process's memory. */
+		char **saved_environ = environ;
+		pid = vfork();
+		if (pid == 0) {
+			if (pty)
+				child_exec(slave, slave, slave, slave, uid, gid, cwd, argv, envp);
 			child_exec(keep_stdin ? pin[0] : g_devnull, background ? g_devnull : pout[1],
-				   background ? g_devnull : perr[1], uid, gid, cwd, argv, envp);
+				   background ? g_devnull : perr[1], -1, uid, gid, cwd, argv, envp);
+		}
+		environ = saved_environ;
 		if (pid < 0)
 			err = errno;
 	}
 	free(argv);
 	free(envp);
+	close_fd(&slave);
 	close_fd(&pin[0]);
 	close_fd(&pout[1]);
 	close_fd(&perr[1]);
@@ -978,6 +1171,7 @@ static void handle_exec(uint32_t ch, struct rd r)
 	}
 	e->channel = ch;
 	e->pid = pid;
+	e->is_pty = pty;
 	e->out_fd = pout[0];
 	e->err_fd = perr[0];
 	e->in_fd = pin[1];
@@ -989,6 +1183,7 @@ static void handle_exec(uint32_t ch, struct rd r)
 		set_nonblock(e->in_fd);
 	e->deadline = timeout ? now_ms() + timeout : 0;
 	e->started_pid = pid;
+	e->oom_kills_at_start = guest_oom_kills();
 	e->ready_fd = pready[0];
 	e->next = g_execs;
 	g_execs = e;
@@ -1030,6 +1225,15 @@ static void handle_stdin(uint32_t ch, const unsigned char *p, size_t n)
 		stdin_flush(e);
 		return;
 	}
+	if (e->is_pty) {
+		/* A program that never reads its terminal must not stall the link for every other
+		 * channel: past the bound, keystrokes are dropped, as a full tty input queue does. */
+		size_t pending = e->in_len - e->in_off;
+		if (pending >= PTY_IN_MAX)
+			return;
+		if (n > PTY_IN_MAX - pending)
+			n = PTY_IN_MAX - pending;
+	}
 	if (e->in_len == e->in_off) {
 		ssize_t w = write(e->in_fd, p, n);
 		if (w < 0 && errno != EAGAIN && errno != EINTR) {
@@ -1057,6 +1261,36 @@ static void handle_stdin(uint32_t ch, const unsigned char *p, size_t n)
 	e->in_buf = nb;
 	e->in_len += n;
 	g_stdin_bytes += n;
+}
+
+/* RESIZE: `u16 rows, u16 cols`; the kernel sends SIGWINCH to the terminal's foreground group. */
+static void handle_resize(uint32_t ch, struct rd r)
+{
+	uint16_t rows, cols;
+	if (rd_u16(&r, &rows) || rd_u16(&r, &cols) || r.n) {
+		conn_fail("malformed RESIZE");
+		return;
+	}
+	struct exec *e = exec_by_channel(ch);
+	int fd = e && e->is_pty ? (e->out_fd >= 0 ? e->out_fd : e->in_fd) : -1;
+	if (fd >= 0 && rows && cols) {
+		struct winsize ws = { .ws_row = rows, .ws_col = cols };
+		ioctl(fd, TIOCSWINSZ, &ws);
+	}
+}
+
+/* FLOW: `u32 held`: 1 = stop reading this exec's output (its consumer is slow; a writer then
+ * blocks in the kernel), 0 = read it again. Other channels are not affected. */
+static void handle_flow(uint32_t ch, struct rd r)
+{
+	uint32_t held;
+	if (rd_u32(&r, &held) || r.n || held > 1) {
+		conn_fail("malformed FLOW");
+		return;
+	}
+	struct exec *e = exec_by_channel(ch);
+	if (e)
+		e->out_held = (int)held;
 }
 
 static void handle_signal(uint32_t ch, struct rd r)
@@ -2396,6 +2630,8 @@ static void handle_frame(unsigned type, uint32_t ch, const unsigned char *p, siz
 	case T_EXEC: handle_exec(ch, r); break;
 	case T_STDIN: handle_stdin(ch, p, n); break;
 	case T_SIGNAL: handle_signal(ch, r); break;
+	case T_RESIZE: handle_resize(ch, r); break;
+	case T_FLOW: handle_flow(ch, r); break;
 	case T_PS:
 		if (n)
 			conn_fail("malformed PS");
@@ -2520,7 +2756,8 @@ static void conn_drop(void)
 {
 	uint64_t now = now_ms();
 	logmsg("disconnected: %s", g_drop ? g_drop : "?");
-	close(g_sock);
+	if (g_sock != g_port_fd)
+		close(g_sock);
 	g_sock = -1;
 	g_drop = NULL;
 	q_clear();
@@ -2528,10 +2765,8 @@ static void conn_drop(void)
 	while (g_fops)
 		fop_free(g_fops);
 	/* Channels belong to a connection: running processes stay, their output is dropped. */
-	for (struct exec *e = g_execs; e; e = e->next) {
-		e->channel = 0;
-		stdin_close(e);
-	}
+	for (struct exec *e = g_execs; e; e = e->next)
+		exec_detach(e);
 	/* A connection that did not last a second does not restart the fast-retry window,
 	 * so a host that keeps dropping us is not hammered at 50 Hz. */
 	if (now - g_up_since >= 1000) {
@@ -2542,18 +2777,48 @@ static void conn_drop(void)
 	}
 }
 
-static void try_connect(uint64_t now)
+/* A virtio-serial port (microvm tier): its host end is "connected" while QEMU's chardev holds a
+ * connection to the host socket, which the port reports as the absence of POLLHUP. So a port
+ * showing POLLHUP is a failed connect (retried on the same schedule), and the HUP of the port in
+ * use is the host hanging up. The port stays open for the agent's life (the guest's init opened
+ * it; a port has one opener, so nothing else in the guest can take it); bytes an old connection
+ * left in it are drained while the host end is down. */
+static int port_open(void)
+{
+	struct pollfd p = { .fd = g_port_fd, .events = POLLIN };
+	if (poll(&p, 1, 0) < 0)
+		return -1;
+	if (p.revents & (POLLHUP | POLLERR)) {
+		while (read(g_port_fd, g_sink, sizeof g_sink) > 0)
+			;
+		errno = ENOTCONN;
+		return -1;
+	}
+	return g_port_fd;
+}
+
+static int sock_open(void)
 {
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	memcpy(sa.sun_path, g_sock_path, strlen(g_sock_path) + 1);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+static void try_connect(uint64_t now)
+{
+	int fd = g_port_fd >= 0 ? port_open() : sock_open();
+	if (fd < 0) {
 		if (!g_connect_logged) {
-			logmsg("connect %s: %s (retrying)", g_sock_path, errstr(errno));
+			logmsg("connect %s: %s (retrying)", g_sock_path ? g_sock_path : "port", errstr(errno));
 			g_connect_logged = 1;
 		}
-		if (fd >= 0)
-			close(fd);
 		g_next_connect = now + (now - g_down_since < 1000 ? 20 : 250);
 		return;
 	}
@@ -2633,8 +2898,14 @@ static void setup_fds(void)
 			}
 		}
 	}
-	/* Inherited descriptors must not leak into the sandbox's processes. */
-	if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
+	/* Inherited descriptors must not leak into the sandbox's processes (the microvm's port is
+	 * ours: it is kept, close-on-exec). */
+	if (g_port_fd >= 0) {
+		if (g_port_fd > 3 && syscall(SYS_close_range, 3u, (unsigned)g_port_fd - 1, 0u) != 0)
+			exit(2);
+		if (syscall(SYS_close_range, (unsigned)g_port_fd + 1, ~0u, 0u) != 0)
+			exit(2);
+	} else if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
 		DIR *d = opendir("/proc/self/fd");
 		if (d) {
 			int self = dirfd(d);
@@ -2811,7 +3082,8 @@ static void loop(void)
 		}
 		int pipes_open = !online() || q_bytes < OUT_SOFT;
 		for (struct exec *e = g_execs; ok && e; e = e->next) {
-			int listen = e->channel == 0 || pipes_open; /* dropped output is always read */
+			/* Dropped output is always read; FLOW holds only output someone receives. */
+			int listen = e->channel == 0 || (pipes_open && !e->out_held);
 			if (e->out_fd >= 0 && listen)
 				ok = poll_add(&n, e->out_fd, POLLIN, K_OUT, e) == 0;
 			if (ok && e->err_fd >= 0 && listen)
@@ -2889,14 +3161,25 @@ static void loop(void)
 int main(int argc, char **argv)
 {
 	g_self = getpid();
-	if (argc != 3 || strcmp(argv[1], "--connect") != 0) {
-		logmsg("usage: airlock-agent --connect SOCKET_PATH");
+	if (argc == 3 && strcmp(argv[1], "--port-fd") == 0) {
+		/* microvm: the guest's init hands over the open virtio-serial port */
+		char *end;
+		long fd = strtol(argv[2], &end, 10);
+		if (*end || fd < 3 || fd > 1023 || fcntl((int)fd, F_SETFD, FD_CLOEXEC) != 0 ||
+		    fcntl((int)fd, F_SETFL, O_RDWR | O_NONBLOCK) != 0) {
+			logmsg("--port-fd: not an open descriptor: %s", argv[2]);
+			return 2;
+		}
+		g_port_fd = (int)fd;
+	} else if (argc != 3 || strcmp(argv[1], "--connect") != 0) {
+		logmsg("usage: airlock-agent --connect SOCKET_PATH | --port-fd FD");
 		return 2;
-	}
-	g_sock_path = argv[2];
-	if (g_sock_path[0] == 0 || strlen(g_sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
-		logmsg("socket path empty or too long");
-		return 2;
+	} else {
+		g_sock_path = argv[2];
+		if (g_sock_path[0] == 0 || strlen(g_sock_path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+			logmsg("socket path empty or too long");
+			return 2;
+		}
 	}
 	take_token();
 	prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* no /proc/1/mem, /proc/1/environ for the sandbox */

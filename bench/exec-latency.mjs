@@ -55,7 +55,7 @@ try {
   console.log(`exec round trip via HTTP (n=${a.n}): p50 ${fmt(a.p50)}  p90 ${fmt(a.p90)}  p99 ${fmt(a.p99)}  max ${fmt(a.max)}`);
   console.log(`raw runc exec      (n=${b.n}):  p50 ${fmt(b.p50)}  p99 ${fmt(b.p99)}`);
   console.log(`ratio airlock/runc-exec: p50 ${(a.p50 / b.p50).toFixed(3)}  p99 ${(a.p99 / b.p99).toFixed(3)}`);
-  console.log(`targets: p50 ≤ 5 ms → ${a.p50 <= 5 ? 'met' : 'MISSED'}; p99 ≤ 20 ms → ${a.p99 <= 20 ? 'met' : 'MISSED'}`);
+  console.log(`targets: p50 ≤ 5 ms (issue 2), ≤ 3 ms with the agent (issue 5) → ${a.p50 <= 3 ? 'met' : a.p50 <= 5 ? 'issue 2 met, issue 5 MISSED' : 'MISSED'}; p99 ≤ 20 ms → ${a.p99 <= 20 ? 'met' : 'MISSED'}`);
   await post(`/v1/sandboxes/${id}/exec`, { cmd: ['true'] });
   await engine.killSandbox({ tenant: null }, id);
 } finally {

@@ -15,9 +15,10 @@ export DEBIAN_FRONTEND=noninteractive
 # --- Debian packages ---------------------------------------------------------------
 # e2fsprogs: mkfs.ext4 formats sandbox layers and volumes (each its own ext4 on a loop device).
 # nftables + iproute2 (ip, tc): egress control. openssl + curl: the tests' and benchmarks'
-# own HTTPS "internet" (a self-signed CA) and the direct-path baseline.
+# own HTTPS "internet" (a self-signed CA) and the direct-path baseline. qemu-system-x86: the
+# microvm tier (docs/microvm.md).
 readonly PACKAGES=(runc nftables debootstrap iproute2 busybox-static uidmap e2fsprogs
-                   build-essential gcc make libc6-dev ca-certificates openssl curl)
+                   build-essential gcc make libc6-dev ca-certificates openssl curl qemu-system-x86)
 
 is_installed() {
   [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
@@ -109,6 +110,52 @@ else
   mv -f "$RUNSC.airlock-new" "$RUNSC"
   runsc_version=$("$RUNSC" --version) || die "installed runsc does not run"
   say "installed $RUNSC (${runsc_version%%$'\n'*})"
+fi
+
+# --- Guest kernel for the microvm tier ----------------------------------------------------
+# Debian's cloud kernel (linux-image-cloud-amd64's real package), unpacked without installing
+# it: vmlinuz, its release, and the few modules the guest's init loads (keep in sync with
+# GUEST_MODULES in packages/engine/src/runtime/microvm/assets.ts).
+readonly MICROVM_KERNEL_DIR=${AIRLOCK_MICROVM_KERNEL_DIR:-/var/lib/airlock/microvm/kernel}
+readonly GUEST_MODULES=(virtio_ring virtio virtio_mmio virtio_blk virtio_console failover net_failover
+                        virtio_net overlay fuse virtiofs)
+guest_kernel_complete() {
+  [[ -f $MICROVM_KERNEL_DIR/vmlinuz && -f $MICROVM_KERNEL_DIR/release ]] || return 1
+  local m
+  for m in "${GUEST_MODULES[@]}"; do [[ -f $MICROVM_KERNEL_DIR/modules/$m.ko ]] || return 1; done
+}
+if guest_kernel_complete; then
+  say "microvm guest kernel present ($(cat "$MICROVM_KERNEL_DIR/release"))"
+else
+  apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1 || apt-get update -qq
+  kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+  [[ -n $kpkg ]] || die "linux-image-cloud-amd64 names no kernel package"
+  say "fetching the microvm guest kernel ($kpkg)"
+  kwork=$(mktemp -d /tmp/airlock-setup-kernel.XXXXXX)
+  chmod 0755 "$kwork"
+  if id _apt >/dev/null 2>&1; then chown _apt "$kwork"; fi
+  (cd "$kwork" && apt-get download -qq "$kpkg")
+  kdebs=("$kwork"/linux-image-*.deb)
+  [[ -f ${kdebs[0]} ]] || { rm -rf "$kwork"; die "apt-get download $kpkg produced no .deb"; }
+  dpkg-deb -x "${kdebs[0]}" "$kwork/root"
+  krel=$(ls "$kwork/root/lib/modules" | head -n1)
+  [[ -n $krel && -f $kwork/root/boot/vmlinuz-$krel ]] || { rm -rf "$kwork"; die "$kpkg holds no vmlinuz"; }
+  knew=$MICROVM_KERNEL_DIR.airlock-new
+  rm -rf "$knew"
+  mkdir -p "$knew/modules"
+  install -m 0644 "$kwork/root/boot/vmlinuz-$krel" "$knew/vmlinuz"
+  install -m 0644 "$kwork/root/boot/config-$krel" "$knew/config"
+  for m in "${GUEST_MODULES[@]}"; do
+    ko=$(find "$kwork/root/lib/modules/$krel/kernel" -name "$m.ko" -print -quit)
+    [[ -n $ko ]] || { rm -rf "$kwork" "$knew"; die "$kpkg has no module $m"; }
+    install -m 0644 "$ko" "$knew/modules/$m.ko"
+  done
+  printf '%s\n' "$krel" >"$knew/release"
+  rm -rf "$kwork"
+  mkdir -p "$(dirname "$MICROVM_KERNEL_DIR")"
+  rm -rf "$MICROVM_KERNEL_DIR"
+  mv "$knew" "$MICROVM_KERNEL_DIR"
+  say "installed the microvm guest kernel $krel in $MICROVM_KERNEL_DIR"
 fi
 
 # --- Node.js -----------------------------------------------------------------------------

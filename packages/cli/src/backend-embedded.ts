@@ -2,8 +2,8 @@
 import { Engine } from '@airlock/engine';
 import type { AirlockEngine, Caller } from '@airlock/engine';
 import { EngineFileTransfer } from './file-transfer.js';
-import type { Backend, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
-import type { MountPolicy } from '@airlock/engine';
+import type { Backend, PtyConnection, PtyRequest, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
+import type { EngineOptions } from '@airlock/engine';
 import type {
   ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
 } from './backend.js';
@@ -11,24 +11,16 @@ import type {
 /** The operator at the keyboard owns the data dir: the admin view, every tenant. */
 const ADMIN: Caller = { tenant: null };
 
-export interface EmbeddedOptions {
-  dataDir: string;
-  dnsUpstream?: string;
-  /** Where templates live when not under the data dir (AIRLOCK_TEMPLATES_DIR). */
-  templatesDir?: string;
-  /** What host paths sandboxes may bind (airlock serve --mount-allow, --no-rw-mounts). */
-  mountPolicy?: MountPolicy;
-  storageSizeGiB?: number;
-}
+/**
+ * The engine's own options (serve's policy, network and storage flags pass straight through), with
+ * the data dir required.
+ */
+export type EmbeddedOptions = EngineOptions & { dataDir: string };
 
 export async function openEngine(opts: EmbeddedOptions): Promise<AirlockEngine> {
-  return Engine.open({
-    dataDir: opts.dataDir,
-    ...(opts.templatesDir ? { templatesDir: opts.templatesDir } : {}),
-    ...(opts.dnsUpstream ? { dnsUpstream: opts.dnsUpstream } : {}),
-    ...(opts.mountPolicy ? { mountPolicy: opts.mountPolicy } : {}),
-    ...(opts.storageSizeGiB ? { storageSizeGiB: opts.storageSizeGiB } : {}),
-  });
+  // Unset fields must not override the engine's defaults.
+  const defined = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined && v !== '')) as EmbeddedOptions;
+  return Engine.open(defined);
 }
 
 export class EmbeddedBackend implements Backend {
@@ -65,6 +57,14 @@ export class EmbeddedBackend implements Backend {
     return this.engine.killSandbox(ADMIN, id);
   }
 
+  pauseSandbox(id: string): Promise<SandboxInfo> {
+    return this.engine.pauseSandbox(ADMIN, id);
+  }
+
+  resumeSandbox(id: string): Promise<SandboxInfo> {
+    return this.engine.resumeSandbox(ADMIN, id);
+  }
+
   exec(id: string, req: ExecRequest): Promise<ExecResult> {
     return this.engine.exec(ADMIN, id, req);
   }
@@ -84,6 +84,26 @@ export class EmbeddedBackend implements Backend {
 
   listProcesses(id: string): Promise<ProcessInfo[]> {
     return this.engine.listProcesses(ADMIN, id);
+  }
+
+  async openPty(id: string, req: PtyRequest): Promise<PtyConnection> {
+    const s = await this.engine.openPty(ADMIN, id, req);
+    return {
+      pid: s.pid,
+      write: (data) => { s.write(data); },
+      resize: (cols, rows) => s.resize(cols, rows),
+      signal: (signo) => s.kill(signo),
+      onData: (l) => { s.onData(l); },
+      pause: () => s.pause(),
+      resume: () => s.resume(),
+      exited: s.exited,
+      close: () => {
+        // As the server does for a client that leaves: SIGHUP, then SIGKILL for a process that ignores it.
+        s.kill(1);
+        const timer = setTimeout(() => s.kill(9), 2000);
+        void s.exited.then(() => clearTimeout(timer));
+      },
+    };
   }
 
   killProcess(id: string, pid: number, signal: number): Promise<void> {

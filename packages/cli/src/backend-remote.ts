@@ -1,10 +1,10 @@
 /** Backend over airlockd's REST API (AIRLOCK_URL, or the local default daemon). */
-import { ApiClient } from '@airlock/sdk';
+import { ApiClient, openPty } from '@airlock/sdk';
 import { ApiFileTransfer } from './file-transfer.js';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import type { Backend, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
+import type { Backend, PtyConnection, PtyRequest, StreamHandlers, StreamExit, TemplateBuildRequest, VolumeInfo } from './backend.js';
 import type {
   ExecRequest, ExecResult, FileEntry, ProcessInfo, SandboxInfo, SandboxSpecInput, SandboxState, TemplateInfo,
 } from './backend.js';
@@ -41,6 +41,14 @@ export class RemoteBackend implements Backend {
     return this.client.killSandbox(id);
   }
 
+  pauseSandbox(id: string): Promise<SandboxInfo> {
+    return this.client.pauseSandbox(id);
+  }
+
+  resumeSandbox(id: string): Promise<SandboxInfo> {
+    return this.client.resumeSandbox(id);
+  }
+
   exec(id: string, req: ExecRequest): Promise<ExecResult> {
     return this.client.exec(id, toBody(req));
   }
@@ -60,6 +68,30 @@ export class RemoteBackend implements Backend {
 
   listProcesses(id: string): Promise<ProcessInfo[]> {
     return this.client.listProcesses(id);
+  }
+
+  async openPty(id: string, req: PtyRequest): Promise<PtyConnection> {
+    // Output can arrive with the start message, before onData: it waits here (a few frames at most).
+    const early: Buffer[] = [];
+    let listener: (chunk: Buffer) => void = (chunk) => { early.push(chunk); };
+    const h = await openPty(this.client, id, {
+      cols: req.cols, rows: req.rows, onData: (d) => listener(Buffer.from(d.buffer, d.byteOffset, d.byteLength)),
+      ...(req.cmd ? { cmd: req.cmd } : {}), ...(req.cwd ? { cwd: req.cwd } : {}), ...(req.env ? { envs: req.env } : {}),
+    });
+    return {
+      pid: h.pid,
+      write: (data) => { h.sendInput(data).catch(() => undefined); },
+      resize: (cols, rows) => { h.resize({ cols, rows }).catch(() => undefined); },
+      signal: (signo) => { h.kill(signo).catch(() => undefined); },
+      onData: (l) => {
+        listener = l;
+        for (const chunk of early.splice(0)) l(chunk);
+      },
+      pause: () => h.pause(),
+      resume: () => h.resume(),
+      exited: h.wait(),
+      close: () => h.disconnect(),
+    };
   }
 
   killProcess(id: string, pid: number, signal: number): Promise<void> {

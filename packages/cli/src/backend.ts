@@ -44,6 +44,31 @@ export interface StreamExit {
   durationMs: number;
 }
 
+/** An interactive terminal in a sandbox (`sandbox shell`), the same through either backend. */
+export interface PtyConnection {
+  readonly pid: number;
+  write(data: Buffer): void;
+  resize(cols: number, rows: number): void;
+  /** Signals the terminal's process group. */
+  signal(signo: number): void;
+  /** Terminal output; set once, before anything else. */
+  onData(listener: (chunk: Buffer) => void): void;
+  /** Flow control while this side's stdout is full. */
+  pause(): void;
+  resume(): void;
+  readonly exited: Promise<StreamExit & { signal?: number }>;
+  /** Leaves the session: it is hung up (SIGHUP, then SIGKILL). */
+  close(): void;
+}
+
+export interface PtyRequest {
+  cmd?: string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  cols: number;
+  rows: number;
+}
+
 export interface Backend {
   /** For messages: "embedded (/var/lib/airlock)" or "http://127.0.0.1:7070". */
   readonly description: string;
@@ -52,6 +77,8 @@ export interface Backend {
   getSandbox(id: string): Promise<SandboxInfo>;
   listSandboxes(filter?: { state?: SandboxState; metadata?: Record<string, string> }): Promise<SandboxInfo[]>;
   killSandbox(id: string): Promise<SandboxInfo>;
+  pauseSandbox(id: string): Promise<SandboxInfo>;
+  resumeSandbox(id: string): Promise<SandboxInfo>;
   updateNetwork(id: string, policy: { allow?: string[]; deny?: string[]; bandwidthMbps?: number }): Promise<SandboxInfo & { cut: number }>;
 
   /** Runs to completion and returns the captured output. */
@@ -59,6 +86,8 @@ export interface Backend {
   /** Runs to completion, handing output over as it comes. */
   execStream(id: string, req: ExecRequest, handlers: StreamHandlers): Promise<StreamExit>;
   execBackground(id: string, req: ExecRequest): Promise<{ pid: number; execId: string }>;
+  /** Opens a terminal session; resolves once its process runs. */
+  openPty(id: string, req: PtyRequest): Promise<PtyConnection>;
   listProcesses(id: string): Promise<ProcessInfo[]>;
   killProcess(id: string, pid: number, signal: number): Promise<void>;
 

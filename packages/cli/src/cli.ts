@@ -7,10 +7,13 @@ import { Command, Option } from 'commander';
 import {
   RUNTIMES, SANDBOX_STATES, collectAllowHost, collectDenyHost, parseBandwidth, parseNetPool, collectBlockRange, collectEnv, collectLabel, collectMount, parseCpus,
   parseDnsUpstream, parseDurationSeconds, parseFileMode, parseListen, parsePositiveInt, parseSandboxPath,
-  parseSignal, parseSizeMiB,
+  parseSignal, parseSizeMiB, parseRuntime, collectTenantRuntime,
 } from './flags.js';
 import { collectMountPrefix, collectVolume, parseVolumeName } from './volume-flags.js';
 import { registerFileCommands } from './file-commands.js';
+import { registerTenantCommands } from './tenant-commands.js';
+import { collectSecret, registerSecretCommands } from './secret-commands.js';
+import { registerApprovalCommands } from './approval-commands.js';
 
 /** Each action reports its exit status here; main exits with it after output is flushed. */
 export interface ActionResult {
@@ -56,6 +59,7 @@ function addSandboxOptions(cmd: Command): Command {
       .option('--workdir <dir>', 'working directory inside the sandbox (default /work)', (v: string) => parseSandboxPath(v, '--workdir'))
       .option('--output-path <dir>', 'where the sandbox\'s outputs are collected from (default /work/out)', (v: string) => parseSandboxPath(v, '--output-path'))
       .option('--label <K=V>', 'metadata to find the sandbox by (repeatable)', collectLabel)
+      .option('--secret <name>', 'broker the tenant\'s secret NAME: $NAME holds a placeholder the egress proxy swaps for the value, for its hosts only (repeatable; see `airlock secret`)', collectSecret)
       .option('--dns-upstream <ip:port>', 'DNS server the embedded engine asks for allowed names (default: the host resolver)', (v: string) =>
         parseDnsUpstream(v),
       ),
@@ -97,8 +101,17 @@ Environment:
     .option('--no-rw-mounts', 'refuse read-write host mounts (read-only ones stay allowed)')
     .option('--storage-size <size>', 'disk all sandboxes and volumes may claim together, e.g. 64g (default 64g; never more than half the free disk when the data dir was made)', (v: string) => parseSizeMiB(v, '--storage-size'))
     .option('--net-pool <cidr>', 'addresses for sandbox links, one /30 each (default 10.213.0.0/16)', (v: string) => parseNetPool(v))
+    .option('--secrets-key <file>', 'the key file that encrypts secrets at rest, ideally on another volume than the data dir (default $AIRLOCK_SECRETS_KEY, else DATA_DIR/secrets.key; made 0600 on first use)')
     .option('--block-range <cidr>', 'a destination range the egress proxy refuses; replaces the default list (loopback, link-local, RFC 1918, CGNAT, ULA, multicast…) when given (repeatable)', collectBlockRange)
+    .option('--min-runtime <tier>', 'the weakest isolation tier any sandbox may use: container, gvisor or microvm (weaker requests get 422; default: any)', (v: string) => parseRuntime(v, '--min-runtime'))
+    .option('--tenant-min-runtime <tenant=tier>', 'a floor for one tenant, e.g. untrusted=microvm (repeatable; the stronger of this and --min-runtime applies)', collectTenantRuntime)
+    .option('--default-runtime <tier>', 'the tier of a sandbox that names none, raised to the caller\'s floor (default container)', (v: string) => parseRuntime(v, '--default-runtime'))
     .option('--max-upload <size>', 'largest file one upload may write, e.g. 2g (default 8g; uploads stream, so this bounds disk, not memory)', (v: string) => parseSizeMiB(v, '--max-upload'))
+    .option('--approval-timeout <duration>', 'how long an approval request waits before it is denied, e.g. 2m (default 120s; a policy\'s approvals.timeoutSeconds wins)', (v: string) =>
+      parseDurationSeconds(v, '--approval-timeout', { wholeSeconds: true }),
+    )
+    .option('--approval-webhook <url>', 'POST each approval request here as JSON (docs/approvals.md); a policy\'s approvals.webhookUrl wins')
+    .option('--approval-webhook-secret-file <file>', 'key for the webhook\'s X-Airlock-Signature (HMAC-SHA256 of the body); unsigned without it')
     .action((opts: Opts) => set(import('./commands/serve.js').then((m) => m.serveCommand(opts as never))));
 
   addSandboxOptions(
@@ -167,6 +180,14 @@ Examples:
     .option('--json', 'print the final record as JSON')
     .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.killCommand(id, opts))));
 
+  addDataDir(sandbox.command('pause').description('freeze every process of a sandbox: no CPU, memory/files/network kept; exec and files wait for resume').argument('<id>', 'sandbox id'))
+    .option('--json', 'print the record as JSON')
+    .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.pauseCommand(id, 'pause', opts))));
+
+  addDataDir(sandbox.command('resume').description('thaw a paused sandbox').argument('<id>', 'sandbox id'))
+    .option('--json', 'print the record as JSON')
+    .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.pauseCommand(id, 'resume', opts))));
+
   addDataDir(
     sandbox
       .command('exec')
@@ -182,6 +203,27 @@ Examples:
   )
     .addHelpText('after', '\nExample:\n  $ airlock sandbox exec k3v9x2m4p7qa --cwd /work --env DEBUG=1 -- make test')
     .action((id: string, cmd: string[], opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.execCommand(id, cmd, opts))));
+
+  addDataDir(
+    sandbox
+      .command('shell')
+      .description('open an interactive terminal in a running sandbox (bash if it has it, else sh)')
+      .argument('<id>', 'sandbox id')
+      .argument('[cmd...]', 'run this program on the terminal instead of the shell (put it after --)')
+      .option('--cwd <dir>', 'working directory (default: the sandbox\'s workdir)', (v: string) => parseSandboxPath(v, '--cwd'))
+      .option('--env <K=V>', 'environment variable for the session (repeatable)', collectEnv),
+  )
+    .addHelpText('after', `
+Every key goes to the sandbox (^C interrupts the program there); the window size follows
+yours. The session ends when its program exits; airlock exits with its status. Without a
+terminal here (piped input), lines are typed in as they come and end of input is sent as ^D;
+for data, use \`sandbox exec\` (no terminal in between).
+
+Examples:
+  $ airlock sandbox shell k3v9x2m4p7qa
+  $ airlock sandbox shell k3v9x2m4p7qa --cwd /tmp -- python3
+  $ echo 'uname -a; exit 3' | airlock sandbox shell k3v9x2m4p7qa   # exits 3`)
+    .action((id: string, cmd: string[], opts: Opts) => set(import('./commands/shell.js').then((m) => m.shellCommand(id, cmd, opts))));
 
   addDataDir(sandbox.command('ps').description('list the processes running in a sandbox').argument('<id>', 'sandbox id'))
     .option('--json', 'print JSON')
@@ -283,6 +325,10 @@ Examples:
   addDataDir(volume.command('rm').description('delete volumes and their data (refused while a sandbox has one attached)').argument('<name...>', 'volume names')).action(
     (names: string[], opts: Opts) => set(import('./commands/volumes.js').then((m) => m.volumeRemoveCommand(names, opts))),
   );
+
+  registerTenantCommands(program, addDataDir, set);
+  registerSecretCommands(program, addDataDir, set);
+  registerApprovalCommands(program, addDataDir, set);
 
   program
     .command('doctor')

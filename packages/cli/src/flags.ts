@@ -164,6 +164,20 @@ export function collectBlockRange(value: string, previous: string[] | undefined)
   return [...(previous ?? []), value.trim()];
 }
 
+export function parseRuntime(value: string, flag: string): (typeof RUNTIMES)[number] {
+  const v = value.trim();
+  if (!(RUNTIMES as readonly string[]).includes(v)) throw new UsageError(`${flag}: '${value}' must be one of ${RUNTIMES.join(', ')}`);
+  return v as (typeof RUNTIMES)[number];
+}
+
+/** --tenant-min-runtime TENANT=TIER, repeatable. */
+export function collectTenantRuntime(value: string, previous: Record<string, string> | undefined): Record<string, string> {
+  const eq = value.indexOf('=');
+  const tenant = eq > 0 ? value.slice(0, eq).trim() : '';
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(tenant)) throw new UsageError(`--tenant-min-runtime: '${value}' must be TENANT=TIER (example: untrusted=gvisor)`);
+  return { ...(previous ?? {}), [tenant]: parseRuntime(value.slice(eq + 1), '--tenant-min-runtime') };
+}
+
 export function collectAllowHost(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), parseAllowHost(value)];
 }

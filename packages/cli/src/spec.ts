@@ -20,6 +20,7 @@ export interface SandboxFlags {
   workdir?: string;
   outputPath?: string;
   label?: Record<string, string>;
+  secret?: string[];
   json?: boolean;
   dataDir?: string;
   dnsUpstream?: string;
@@ -46,5 +47,6 @@ export function specFromFlags(f: SandboxFlags): SandboxSpecInput {
   if (f.workdir !== undefined) spec.workdir = f.workdir;
   if (f.outputPath !== undefined) spec.outputPath = f.outputPath;
   if (f.label && Object.keys(f.label).length > 0) spec.metadata = f.label;
+  if (f.secret && f.secret.length > 0) spec.secrets = [...new Set(f.secret)];
   return spec;
 }

@@ -273,6 +273,9 @@ describe('the airlock command', () => {
       [['sandbox', 'ls', '--state', 'dead'], /^airlock: .*'dead' is invalid/],
       [['serve', '--listen', 'nowhere'], /^airlock: --listen: /],
       [['serve', '--dns-upstream', 'x'], /^airlock: --dns-upstream: /],
+      [['serve', '--min-runtime', 'vm'], /^airlock: --min-runtime: 'vm' must be one of container, gvisor, microvm/],
+      [['serve', '--tenant-min-runtime', 'gvisor'], /^airlock: --tenant-min-runtime: 'gvisor' must be TENANT=TIER/],
+      [['serve', '--tenant-min-runtime', 'x=vm'], /^airlock: --tenant-min-runtime: /],
     ];
     for (const [args, pattern] of cases) {
       const r = cli(args);
@@ -296,7 +299,7 @@ describe('the airlock command', () => {
       assert.match(run.stdout, new RegExp(`\\n  ${f} <?\\S*>? +\\S`), `run --help describes ${f}`);
     }
     assert.match(run.stdout, /124/);
-    for (const sub of [['sandbox', 'create'], ['sandbox', 'ls'], ['sandbox', 'exec'], ['sandbox', 'ps'], ['sandbox', 'kill-process'], ['files', 'put'], ['files', 'get'], ['files', 'ls'], ['template', 'ls'], ['doctor'], ['serve']]) {
+    for (const sub of [['sandbox', 'pause'], ['sandbox', 'resume'], ['sandbox', 'create'], ['sandbox', 'ls'], ['sandbox', 'exec'], ['sandbox', 'ps'], ['sandbox', 'kill-process'], ['files', 'put'], ['files', 'get'], ['files', 'ls'], ['template', 'ls'], ['doctor'], ['serve']]) {
       const r = cli([...sub, '--help']);
       assert.equal(r.code, 0, sub.join(' '));
       assert.match(r.stdout, /^Usage: airlock /, sub.join(' '));

@@ -285,6 +285,18 @@ describe('airlock sandbox and files (embedded, one process per command)', () => 
 
       const got = airlock(['sandbox', 'get', id, ...dd]);
       assert.equal((JSON.parse(got.stdout) as { state: string }).state, 'running');
+
+      // pause → exec refused → resume → exec works (each a separate CLI process adopting the sandbox)
+      const paused = airlock(['sandbox', 'pause', id, ...dd]);
+      assert.equal(paused.code, 0, paused.stderr);
+      assert.equal(paused.stdout, `${id} paused\n`);
+      const refused = airlock(['sandbox', 'exec', id, ...dd, '--', 'true']);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /^airlock: .*paused/);
+      const resumed = airlock(['sandbox', 'resume', id, ...dd, '--json']);
+      assert.equal(resumed.code, 0, resumed.stderr);
+      assert.equal((JSON.parse(resumed.stdout) as { state: string }).state, 'running');
+      assert.equal(airlock(['sandbox', 'exec', id, ...dd, '--', 'echo', 'awake']).stdout, 'awake\n');
     } finally {
       const killed = airlock(['sandbox', 'kill', id, ...dd]);
       assert.equal(killed.code, 0, killed.stderr);

@@ -1,7 +1,8 @@
-import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from './constants.js';
 import type { DoctorCheck } from './engine-api.js';
 import { describeFailure, runProgram } from './template/run-program.js';
@@ -47,6 +48,7 @@ export async function runDoctor(opts: DoctorOptions): Promise<DoctorCheck[]> {
     ['nftables', checkNftables],
     ['egress', checkEgress],
     ['kvm', checkKvm],
+    ['microvm', checkMicrovm],
     ['templates', () => checkTemplates(opts.templatesDir)],
     ['data-dir', () => checkDataDir(opts.dataDir)],
   ];
@@ -325,6 +327,22 @@ function checkKvm(): DoctorCheck {
   } catch {
     return check('kvm', false, '/dev/kvm absent: the microvm tier runs under TCG emulation (slow)');
   }
+}
+
+/**
+ * The microvm tier: QEMU, the guest kernel and the VM helpers present, and a guest that actually
+ * boots, KVM first, TCG otherwise (the probe is cached per host kernel, QEMU and guest kernel).
+ */
+async function checkMicrovm(): Promise<DoctorCheck> {
+  const { findMicrovmAssets, microvmHome } = await import('./runtime/microvm/assets.js');
+  const { probeAccelerator } = await import('./runtime/microvm/accel.js');
+  const agent = process.env.AIRLOCK_AGENT_BINARY
+    ?? join(dirname(realpathSync(fileURLToPath(import.meta.url))), '../../../../agent/build/airlock-agent');
+  const assets = findMicrovmAssets(agent);
+  if ('missing' in assets) return check('microvm', false, `unavailable: ${assets.missing}`);
+  const p = await probeAccelerator(assets, join(microvmHome(), 'cache'));
+  const how = p.accel === 'kvm' ? 'KVM' : `TCG emulation (${p.kvmProblem ?? 'no KVM'})`;
+  return check('microvm', true, `guest kernel ${assets.kernelRelease} boots under ${how} in ${(p.bootMs / 1000).toFixed(1)} s (probed ${p.probedAt}, cached)`);
 }
 
 function checkTemplates(templatesDir: string): DoctorCheck {

@@ -1,20 +1,44 @@
 import type {
   AuditEvent, ExecExit, ExecHandlers, ExecRequest, ExecResult, FileEntry, ProcessInfo,
-  NetworkPolicy, SandboxInfo, SandboxSpecInput, SandboxState,
+  NetworkPolicy, RuntimeName, SandboxInfo, SandboxSpecInput, SandboxState,
 } from './types.js';
 import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from './files/types.js';
+import type { PtyExit, PtyOptions, PtySession } from './sandbox/pty-session.js';
 import type { CreateVolumeInput, VolumeInfo } from './types.js';
 import type { BuildTemplateOptions as TemplateBuildOptions } from './template/build-template.js';
 import type { ImportTemplateOptions as TemplateImportOptions } from './template/import-template.js';
 
+import type { KeyScope } from './store/key-repo.js';
+import type { SecretInfo, SetSecretInput } from './secrets/secret-store.js';
+import type { ApiKeyInfo, CreatedApiKey, CreateKeyInput, TenantInfo } from './tenants/types.js';
+import type { PolicyDocument, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, RuleResult } from './policy/types.js';
+import type {
+  ApprovalAction, ApprovalDecisionInput, ApprovalFilter, ApprovalInfo, ApprovalKind, ApprovalOptions, ApprovalState, ApprovalSubject,
+} from './approvals/types.js';
+
 export type { TemplateBuildOptions, TemplateImportOptions };
+export type { KeyScope, ApiKeyInfo, CreatedApiKey, CreateKeyInput, TenantInfo };
+export type { PolicyDocument, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, RuleResult };
+export type { PtyExit, PtyOptions, PtySession };
+export type { SecretInfo, SetSecretInput };
+export type { ApprovalAction, ApprovalDecisionInput, ApprovalFilter, ApprovalInfo, ApprovalKind, ApprovalOptions, ApprovalState, ApprovalSubject };
+
+/** What a caller's key may do (docs/tenants.md): the engine enforces it on every method. */
+export type CallerScope = KeyScope;
 
 /**
  * Who is asking. `tenant: null` is the admin view (sees every tenant).
- * Every method throws AirlockError (not_found for unknown ids and for ids of another tenant).
+ * Every method throws AirlockError (not_found for unknown ids and for ids of another tenant;
+ * forbidden where the caller's scope does not allow the method).
  */
 export interface Caller {
   tenant: string | null;
+  /** Default: admin when tenant is null, else tenant (full use of that tenant). */
+  scope?: CallerScope;
+  /** An exec key's one sandbox: any other id is not found. */
+  sandbox?: string;
+  /** The API key acting, for the audit trail. */
+  keyId?: string;
 }
 
 export interface ListFilter {
@@ -57,20 +81,40 @@ export interface EventFilter {
 }
 
 /** The engine's public surface; airlockd, the CLI's embedded mode, MCP and the dashboard all sit on it. */
+/** For calls that may wait (on an approval): aborting withdraws what they wait for. */
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
 export interface AirlockEngine {
-  createSandbox(caller: Caller, input: SandboxSpecInput): Promise<SandboxInfo>;
+  /** `opts.signal`: the requester went away; a create waiting for an approval withdraws it. */
+  createSandbox(caller: Caller, input: SandboxSpecInput, opts?: RequestOptions): Promise<SandboxInfo>;
   getSandbox(caller: Caller, id: string): SandboxInfo;
   listSandboxes(caller: Caller, filter?: ListFilter): SandboxInfo[];
   killSandbox(caller: Caller, id: string): Promise<SandboxInfo>;
-  /** Sets the remaining lifetime to `timeoutSeconds` from now. */
-  setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number): SandboxInfo;
+  /**
+   * Sets the remaining lifetime to `timeoutSeconds` from now. Where the policy asks
+   * (approvals.lifetimeAbove), waits for the decision; denied or unanswered: 422 approval_denied.
+   */
+  setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number, opts?: RequestOptions): Promise<SandboxInfo>;
+  /** The runtimes (isolation tiers) this host can run, weakest first. */
+  runtimes(): RuntimeName[];
+  /** Freezes a running sandbox (no CPU; memory, files, network kept); 409 unless running or paused. */
+  pauseSandbox(caller: Caller, id: string): Promise<SandboxInfo>;
+  /** Thaws a paused sandbox; 409 unless paused or running. */
+  resumeSandbox(caller: Caller, id: string): Promise<SandboxInfo>;
   /** Live egress policy change (fields left out keep their value); `cut` = connections it closed. */
-  updateNetwork(caller: Caller, id: string, policy: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }>;
+  updateNetwork(caller: Caller, id: string, policy: Partial<NetworkPolicy>, opts?: RequestOptions): Promise<SandboxInfo & { cut: number }>;
 
   /** Runs to completion and returns captured output (capped); handlers see output live. */
   exec(caller: Caller, id: string, req: ExecRequest, handlers?: ExecHandlers): Promise<ExecResult>;
   /** Starts a background process; returns its in-sandbox pid. */
   execBackground(caller: Caller, id: string, req: ExecRequest): Promise<{ pid: number; execId: string }>;
+  /**
+   * An interactive terminal: `cmd` (default /bin/bash, else /bin/sh) on a new pseudo-terminal.
+   * Resolves once the program runs; records exec.started / exec.exited with `pty: true`.
+   */
+  openPty(caller: Caller, id: string, opts?: PtyOptions): Promise<PtySession>;
   listProcesses(caller: Caller, id: string): Promise<ProcessInfo[]>;
   killProcess(caller: Caller, id: string, pid: number, signal?: number): Promise<void>;
 
@@ -119,10 +163,56 @@ export interface AirlockEngine {
   subscribeEvents(caller: Caller, filter: EventFilter, listener: (e: AuditEvent) => void): () => void;
   doctor(): Promise<DoctorCheck[]>;
 
+  // ---- tenants, keys, policies (docs/tenants.md); all admin-only but getPolicy/testPolicy ----
+
+  /** 409 if it exists; `system` is reserved and `default` always exists. */
+  createTenant(caller: Caller, name: string): TenantInfo;
+  listTenants(caller: Caller): TenantInfo[];
+  /** 409 while it has live sandboxes or volumes; revokes its keys. */
+  deleteTenant(caller: Caller, name: string): void;
+  /** The plaintext key is in the answer only, never stored. */
+  createKey(caller: Caller, input: CreateKeyInput): CreatedApiKey;
+  listKeys(caller: Caller, filter?: { tenant?: string }): ApiKeyInfo[];
+  /** Takes effect at once. */
+  revokeKey(caller: Caller, id: string): void;
+  /** `tenant` = `default` for the server default; latest version unless `version`. A tenant may read its own. */
+  getPolicy(caller: Caller, tenant: string, version?: number): PolicyVersionInfo;
+  /** Stores the next version (a new row; old versions stay). 400 naming the path of a bad field. */
+  setPolicy(caller: Caller, tenant: string, document: unknown): PolicyVersionInfo;
+  /** Evaluates a sandbox spec against a tenant's policy (or a draft): every rule with its verdict. */
+  testPolicy(caller: Caller, input: PolicyTestInput): PolicyTestResult;
+
+  // ---- approvals (docs/approvals.md): what a policy marks `ask` waits for a person ----
+
+  /** Newest first; a tenant's keys see their tenant's, admins all (or `filter.tenant`'s). Overdue requests are expired first. */
+  listApprovals(caller: Caller, filter?: ApprovalFilter): ApprovalInfo[];
+  getApproval(caller: Caller, id: string): ApprovalInfo;
+  /** Admin keys only. The waiting action resumes; 409 when already decided or expired. */
+  approveApproval(caller: Caller, id: string, input?: ApprovalDecisionInput): ApprovalInfo;
+  /** Admin keys, and tenant keys for their own tenant's requests. 409 when already decided or expired. */
+  denyApproval(caller: Caller, id: string, input?: ApprovalDecisionInput): ApprovalInfo;
+
+  // ---- secrets (docs/secrets.md): values go in, never come out ----
+
+  /**
+   * Creates or replaces secret `name` of the caller's tenant (an admin key picks one with
+   * opts.tenant, default "default"). The answer, like every other, holds no value.
+   */
+  setSecret(caller: Caller, name: string, input: SetSecretInput, opts?: { tenant?: string }): SecretInfo;
+  /** Names, hosts, header templates and times. An admin sees every tenant's unless opts.tenant. */
+  listSecrets(caller: Caller, opts?: { tenant?: string }): SecretInfo[];
+  /** 404 when absent. Sandboxes holding its placeholder can no longer use it. */
+  deleteSecret(caller: Caller, name: string, opts?: { tenant?: string }): void;
+
   /** Creates the first admin key when none exists; returns its plaintext (shown once) or null. */
   ensureAdminKey(): string | null;
-  /** Resolves a bearer key to its caller, or null (unknown or revoked). Cheap: cached after the first check. */
-  authenticate(key: string): Caller | null;
+  /**
+   * Resolves a bearer key to its caller, or null (unknown or revoked; null key = none given).
+   * A failure is recorded as a (coalesced) auth.denied event. Cheap: scrypt runs once per key.
+   */
+  authenticate(key: string | null, from?: { address?: string }): Caller | null;
+  /** Records a refusal made before any key was checked (e.g. rate limited), coalesced like the rest. */
+  recordAuthDenied(reason: string, from?: { address?: string }): void;
   /** Stops timers and listeners; running sandboxes keep running (a later engine reconciles them). */
   close(): Promise<void>;
 }

@@ -12,18 +12,30 @@ import { AirlockError, badRequest, conflict, notFound } from './errors.js';
 import { cgroupMode, childCgroups, removeCgroup } from './runtime/cgroups.js';
 import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
 import { GvisorDriver } from './runtime/gvisor-driver.js';
+import { MicrovmDriver } from './runtime/microvm-driver.js';
 import { rootfsHelper } from './runtime/rootfs.js';
 import type { RuntimeDriver, SandboxLaunch } from './runtime/driver.js';
 import { mapAgentError } from './sandbox/agent-errors.js';
 import { parseExec } from './sandbox/exec-schema.js';
+import { defaultShell, parsePtyOptions, startPtySession, type PtyOptions, type PtySession } from './sandbox/pty-session.js';
 import { parseSpec, MAX_TIMEOUT_SECONDS } from './sandbox/spec.js';
 import { DiskWatch } from './storage/disk-watch.js';
 import { MountPolicyChecker, PolicyDeniedError, type MountPolicy } from './storage/mount-policy.js';
+import { RuntimePolicyChecker, type RuntimePolicy } from './sandbox/runtime-policy.js';
 import { StoragePool } from './storage/storage-pool.js';
 import { VolumeStore } from './storage/volumes.js';
 import { assertTransition, isLive, isTerminal } from './sandbox/state-machine.js';
 import { openDb, type Db } from './store/db.js';
 import { KeyRepository } from './store/key-repo.js';
+import { Governance } from './tenants/governance.js';
+import { ApprovalService, type EgressAnswer } from './approvals/approval-service.js';
+import type { ApprovalDecisionInput, ApprovalFilter, ApprovalInfo, ApprovalOptions, ApprovalSubject } from './approvals/types.js';
+import { outsideCeiling } from './policy/egress-cover.js';
+import { egressRule } from './policy/evaluate.js';
+import { parseEgressRule } from './network/egress-policy.js';
+import { grantKey } from './policy/approval.js';
+import { guardCallerMethods } from './tenants/access.js';
+import type { ApiKeyInfo, CreatedApiKey, CreateKeyInput, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, TenantInfo } from './engine-api.js';
 import { SqliteSandboxRepository, toSandboxInfo, type SandboxRecord, type SandboxRepository } from './store/sandbox-repo.js';
 import { TemplateStore } from './template/template-store.js';
 import { buildTemplate, importTemplate, removeTemplate } from './template/index.js';
@@ -31,9 +43,11 @@ import type { TemplateBuildOptions, TemplateImportOptions } from './engine-api.j
 import type { Readable } from 'node:stream';
 import type {
   AuditEvent, ExecHandlers, ExecReason, ExecRequest, ExecResult, FileEntry, ProcessInfo,
-  RuntimeName, SandboxInfo, SandboxSpecInput, SandboxState,
+  RuntimeName, SandboxInfo, SandboxSpec, SandboxSpecInput, SandboxState,
 } from './types.js';
 import type { CreateVolumeInput, VolumeInfo } from './types.js';
+import { RUNTIME_ORDER } from './types.js';
+import type { RequestOptions } from './engine-api.js';
 import { newSandboxId, newToken, SANDBOX_ID_RE } from './util/ids.js';
 import { processAlive, processStartTime } from './util/proc.js';
 import { listOutputs, tarOutputs } from './files/outputs.js';
@@ -42,6 +56,11 @@ import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from '
 import { DEFAULT_OUTPUT_PATH, firstIssue, networkPolicySchema } from './sandbox/spec.js';
 import type { NetworkLease } from './network/address-pool.js';
 import { NetworkManager } from './network/network-manager.js';
+import { AirlockCa } from './secrets/airlock-ca.js';
+import { CA_BUNDLE_ENV, SANDBOX_CA_BUNDLE, sandboxCaBundle } from './secrets/ca-bundle.js';
+import { newPlaceholder } from './secrets/placeholders.js';
+import { SecretBroker, type SandboxSecret } from './secrets/secret-broker.js';
+import { SecretStore, type SecretInfo, type SetSecretInput } from './secrets/secret-store.js';
 import type { NetworkPolicy } from './types.js';
 
 export interface EngineOptions {
@@ -59,7 +78,18 @@ export interface EngineOptions {
   storageSizeGiB?: number;
   /** What host paths sandboxes may bind (default: anything outside Airlock's own dirs, rw allowed). */
   mountPolicy?: MountPolicy;
+  /** Which isolation tiers sandboxes may use (default: any; a spec naming none gets container). */
+  runtimePolicy?: RuntimePolicy;
   log?: (level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+  /** Where a policy says `ask` (docs/approvals.md): timeout, webhook and its secret, pending limits. */
+  approvals?: ApprovalOptions;
+  /**
+   * The key that encrypts secrets at rest (docs/secrets.md): default $AIRLOCK_SECRETS_KEY, else
+   * <dataDir>/secrets.key; made 0600 on first use. Put it on another volume than the database.
+   */
+  secretsKeyFile?: string;
+  /** PEM of a CA that secret hosts' certificates may chain to, besides the public roots (a private API, tests). */
+  secretsUpstreamCa?: string;
   /** Egress control settings (docs/network.md); every field has a default. */
   network?: {
     /** Sandbox link addresses, one /30 each (default 10.213.0.0/16). */
@@ -134,10 +164,21 @@ export class Engine implements AirlockEngine {
   private readonly storage: StoragePool;
   private readonly volumes: VolumeStore;
   private readonly mountPolicy: MountPolicyChecker;
+  private readonly runtimePolicy: RuntimePolicyChecker;
+  /** Tenants, keys, policies and quotas (tenants/governance.ts). */
+  private readonly governance: Governance;
+  /** Requests waiting for a person's decision (approvals/approval-service.ts). */
+  private readonly approvals: ApprovalService;
   private readonly diskWatch: DiskWatch;
   private readonly network: NetworkManager;
+  /** Tenants' secrets (encrypted) and the broker that swaps them in at the egress proxy. */
+  private readonly secretStore: SecretStore;
+  private readonly secretBroker: SecretBroker;
+  private airlockCa: Promise<AirlockCa> | null = null;
   /** Serializes network changes per sandbox (PATCH against PATCH, PATCH against end). */
   private readonly networkOps = new Map<string, Promise<unknown>>();
+  /** The pause or resume in progress per sandbox. */
+  private readonly pauseOps = new Map<string, Promise<void>>();
   private readonly agentBinary: string;
   private readonly startTimeoutMs: number;
   private readonly log: NonNullable<EngineOptions['log']>;
@@ -167,13 +208,41 @@ export class Engine implements AirlockEngine {
     // gVisor where runsc is installed (scripts/setup-host.sh puts Debian 13's there).
     const runsc = process.env.AIRLOCK_RUNSC ?? findExecutable('runsc', ['/usr/local/bin/runsc']);
     if (runsc) this.drivers.set('gvisor', new GvisorDriver(this.dataDir, this.agentBinary, runsc));
+    // QEMU microvms where QEMU, the guest kernel and the VM helpers are installed (setup-host.sh).
+    const microvm = MicrovmDriver.create(this.dataDir, this.agentBinary);
+    if (microvm instanceof MicrovmDriver) this.drivers.set('microvm', microvm);
     this.storage = StoragePool.open(this.dataDir, { sizeGiB: opts.storageSizeGiB });
     this.volumes = new VolumeStore({
       db: this.db, pool: this.storage, helper: rootfsHelper(this.agentBinary), events: this.events,
       sandboxes: this.sandboxes, tx: (fn) => this.tx(fn), log: this.log,
     });
     // Never bindable: the data dir, the templates, and the agent and rootfs helper binaries.
-    this.mountPolicy = new MountPolicyChecker(opts.mountPolicy, [this.dataDir, this.templatesDir, dirname(this.agentBinary)]);
+    // After every driver is registered: the policy's floor must be met by an installed tier.
+    this.runtimePolicy = new RuntimePolicyChecker(opts.runtimePolicy, RUNTIME_ORDER.filter((r) => this.drivers.has(r)));
+    this.secretStore = new SecretStore(this.db, resolve(opts.secretsKeyFile ?? (process.env.AIRLOCK_SECRETS_KEY || join(this.dataDir, 'secrets.key'))));
+    this.mountPolicy = new MountPolicyChecker(opts.mountPolicy, [this.dataDir, this.templatesDir, dirname(this.agentBinary), this.secretStore.keyFile]);
+    this.secretBroker = new SecretBroker({
+      store: this.secretStore,
+      ca: () => this.sandboxCa(),
+      ...(opts.secretsUpstreamCa ? { upstreamCaPem: opts.secretsUpstreamCa } : {}),
+      onEvent: (sandbox, type, data) => {
+        if (this.closed) return;
+        const rec = this.sandboxes.get(sandbox);
+        this.events.append({ tenant: rec?.tenant ?? DEFAULT_TENANT, sandbox, type, data });
+      },
+    });
+    this.governance = new Governance({
+      db: this.db, events: this.events, keys: this.keys, tx: (fn) => this.tx(fn),
+      operatorFloor: (t) => this.runtimePolicy.floorFor(t),
+      operatorChoice: (t, r) => this.runtimePolicy.choose(t, r),
+      available: () => this.runtimes(),
+    });
+    this.approvals = new ApprovalService({
+      db: this.db, events: this.events, tx: (fn) => this.tx(fn), options: opts.approvals ?? {},
+      policyOf: (t) => this.governance.effective(t).approvals, log: (level, msg, data) => this.log(level, msg, data),
+    });
+    // Key scopes are checked in front of every method that takes a Caller.
+    guardCallerMethods(this);
     this.network = new NetworkManager({
       dataDir: this.dataDir,
       helperDir: dirname(this.agentBinary),
@@ -181,6 +250,8 @@ export class Engine implements AirlockEngine {
       addressPool: opts.network?.addressPool,
       blockedRanges: opts.network?.blockedRanges,
       explicitProxyPort: opts.network?.explicitProxyPort,
+      askEgress: (sandbox, host, port) => this.askEgress(sandbox, host, port),
+      broker: this.secretBroker,
       onEvent: (sandbox, type, data) => {
         if (this.closed) return;
         const rec = this.sandboxes.get(sandbox);
@@ -204,18 +275,40 @@ export class Engine implements AirlockEngine {
 
   // ---- sandboxes -------------------------------------------------------------------------
 
-  async createSandbox(caller: Caller, input: SandboxSpecInput): Promise<SandboxInfo> {
+  async createSandbox(caller: Caller, input: SandboxSpecInput, opts: RequestOptions = {}): Promise<SandboxInfo> {
     this.assertOpen();
-    const spec = parseSpec(input);
+    const tenant = caller.tenant ?? DEFAULT_TENANT;
+    // Where the policy asks, this waits for the decision before anything is allocated, then
+    // judges a fresh spec again: the policy (and below, the quotas) as they are once approved.
+    let asked = parseSpec(input);
+    const spec = await this.approvals.admit({
+      tenant, sandbox: null, action: 'create', requestedBy: caller.keyId ?? null, ...(opts.signal ? { signal: opts.signal } : {}),
+      describe: (asks) => this.approvalFacts(tenant, asks, asked),
+    }, (granted) => {
+      asked = parseSpec(input);
+      try {
+        asked.runtime = this.runtimePolicy.choose(tenant, (input as SandboxSpecInput | undefined)?.runtime);
+      } catch (e) {
+        if (e instanceof PolicyDeniedError) this.events.append({ tenant, sandbox: null, type: 'policy.denied', data: { what: 'runtime', ...e.detail } });
+        throw e;
+      }
+      // Secret hosts join the allowlist before the policy judges it: its egress ceiling applies to them.
+      this.governance.admitSpec(tenant, this.secretHostsInto(tenant, input, asked), asked, granted);
+      return asked;
+    });
+    this.assertOpen();
     const driver = this.drivers.get(spec.runtime);
     if (!driver) {
       throw badRequest(`runtime ${spec.runtime} is not available on this installation (available: ${[...this.drivers.keys()].join(', ')})`, 'runtime');
     }
+    if (spec.runtime === 'microvm') MicrovmDriver.checkSpec(spec);
     const wantsNetwork = spec.network.allow.length > 0;
     const template = this.templates.require(spec.template);
+    // The microvm driver hands engine files to its guest in a 64 KiB envelope: a CA bundle does not fit.
+    const secrets = this.placeholdersInto(tenant, spec);
+    const caBundle = secrets.length > 0 ? sandboxCaBundle(template.layers, (await this.sandboxCa()).certPem) : null;
     // The template's working directory unless the caller chose one.
     if ((input as SandboxSpecInput | undefined)?.workdir === undefined) spec.workdir = template.workdir;
-    const tenant = caller.tenant ?? DEFAULT_TENANT;
     try {
       spec.mounts = this.mountPolicy.check(spec.mounts);
     } catch (e) {
@@ -244,13 +337,19 @@ export class Engine implements AirlockEngine {
       agentToken: newToken(),
     };
     let volumeBinds: SandboxLaunch['volumeBinds'] = [];
-    this.tx(() => {
-      // Checked in the transaction that records the sandbox: a concurrent create or delete sees it.
-      this.volumes.admit(spec.resources.diskMiB, 'sandbox');
-      volumeBinds = this.volumes.checkAttach(tenant, spec.volumes);
-      this.sandboxes.insert(rec);
-      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, network: spec.network, metadata: spec.metadata } });
-    });
+    try {
+      this.tx(() => {
+        // Checked in the transaction that records the sandbox: a concurrent create or delete sees it.
+        this.governance.checkQuotas(tenant, spec);
+        this.volumes.admit(spec.resources.diskMiB, 'sandbox');
+        volumeBinds = this.volumes.checkAttach(tenant, spec.volumes);
+        this.sandboxes.insert(rec);
+        this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'sandbox.created', data: { runtime: spec.runtime, template: spec.template, resources: spec.resources, timeoutSeconds: spec.timeoutSeconds, network: spec.network, metadata: spec.metadata } });
+      });
+    } catch (e) {
+      this.governance.noteRefusal(tenant, e);
+      throw e;
+    }
 
     const dir = join(this.dataDir, 'sandboxes', rec.id);
     const controlDir = join(dir, 'ctl');
@@ -262,11 +361,18 @@ export class Engine implements AirlockEngine {
       if (wantsNetwork) lease = this.network.allocate(rec.id);
       const resolvConf = join(dir, 'resolv.conf');
       writeFileSync(resolvConf, lease ? NetworkManager.resolvConf(lease) : NO_NETWORK_RESOLV_CONF, { mode: 0o644 });
-      link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken);
+      link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken, { helloTimeoutMs: driver.agentHelloTimeoutMs });
       this.attach(rec.id, link, template.env);
       const ready = link.waitConnected(this.startTimeoutMs);
       ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
       const engineBinds = [{ source: resolvConf, target: '/etc/resolv.conf', readOnly: true }];
+      if (caBundle !== null) {
+        // The template's CAs plus the Airlock CA; the broker is live before anything runs inside.
+        const bundle = join(dir, 'ca-bundle.crt');
+        writeFileSync(bundle, caBundle, { mode: 0o644 });
+        engineBinds.push({ source: bundle, target: SANDBOX_CA_BUNDLE, readOnly: true });
+        this.secretBroker.register(rec.id, tenant, secrets);
+      }
       let netnsPath: string | undefined;
       if (lease && driver.networkBeforeStart) {
         // This runtime reads its interfaces once, at start: plumb a fresh namespace first.
@@ -291,6 +397,7 @@ export class Engine implements AirlockEngine {
       await link?.close().catch(() => {});
       await driver.destroy(rec.id).catch(() => {});
       if (wantsNetwork) await this.network.teardown(rec.id, lease).catch(() => {});
+      this.secretBroker.unregister(rec.id);
       this.finish(rec.id, 'failed', `failed to start: ${message}`);
       throw new AirlockError('internal', `sandbox failed to start: ${message}`);
     }
@@ -307,22 +414,39 @@ export class Engine implements AirlockEngine {
    * connections the new policy refuses are cut. Giving a sandbox without network an allowlist
    * plumbs its network now; an empty allowlist removes it.
    */
-  async updateNetwork(caller: Caller, id: string, input: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }> {
+  async updateNetwork(caller: Caller, id: string, input: Partial<NetworkPolicy>, opts: RequestOptions = {}): Promise<SandboxInfo & { cut: number }> {
     const parsed = networkPolicySchema.safeParse(input ?? {});
     if (!parsed.success) {
       const { field, message } = firstIssue(parsed.error);
       throw badRequest(message, field);
     }
+    const tenant = this.owned(caller, id).tenant;
+    // Entries the policy asks about wait for a decision outside the per-sandbox queue (other
+    // changes go on meanwhile), then the change is judged again against the sandbox as it is.
+    return this.approvals.admit({
+      tenant, sandbox: id, action: 'network', requestedBy: caller.keyId ?? null, ...(opts.signal ? { signal: opts.signal } : {}),
+      describe: (asks) => {
+        const cur = this.sandboxes.get(id)?.spec.network.allow ?? [];
+        return this.approvalFacts(tenant, asks, null, (parsed.data.allow ?? []).filter((e) => !cur.includes(e)));
+      },
+    }, (granted) => this.changeNetwork(caller, id, () => parsed.data, granted));
+  }
+
+  /** One live egress change, queued behind the sandbox's others; `change` sees the policy it replaces. */
+  private async changeNetwork(
+    caller: Caller, id: string, change: (cur: NetworkPolicy) => Partial<NetworkPolicy>, granted: ReadonlySet<string>,
+  ): Promise<SandboxInfo & { cut: number }> {
     const prev = this.networkOps.get(id) ?? Promise.resolve();
     const op = prev.catch(() => {}).then(async () => {
       const { rec } = this.running(caller, id);
       const cur = rec.spec.network;
-      const p = parsed.data;
-      const next: NetworkPolicy = {
+      const p = change(cur);
+      // The tenant's policy applies to live changes too: its egress ceiling, and its defaultDeny stays.
+      const next: NetworkPolicy = this.governance.admitNetworkChange(rec.tenant, id, {
         allow: p.allow ?? cur.allow,
         deny: p.deny ?? cur.deny,
         ...((p.bandwidthMbps ?? cur.bandwidthMbps) !== undefined ? { bandwidthMbps: p.bandwidthMbps ?? cur.bandwidthMbps } : {}),
-      };
+      }, cur.allow, granted);
       const driver = this.drivers.get(rec.spec.runtime)!;
       const resolvConf = join(this.dataDir, 'sandboxes', id, 'resolv.conf');
       let cut = 0;
@@ -379,17 +503,92 @@ export class Engine implements AirlockEngine {
     return toSandboxInfo(this.sandboxes.get(id)!);
   }
 
-  setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number): SandboxInfo {
+  async setSandboxTimeout(caller: Caller, id: string, timeoutSeconds: number, opts: RequestOptions = {}): Promise<SandboxInfo> {
     const rec = this.owned(caller, id);
     if (!Number.isInteger(timeoutSeconds) || timeoutSeconds < 1 || timeoutSeconds > MAX_TIMEOUT_SECONDS) {
       throw badRequest(`timeoutSeconds: must be an integer from 1 to ${MAX_TIMEOUT_SECONDS}`, 'timeoutSeconds');
     }
     if (!isLive(rec.state)) throw conflict(`sandbox ${id} is ${rec.state}`);
-    const expiresAt = Date.now() + timeoutSeconds * 1000;
+    // Policy and quota ceilings bound the whole lifetime, counted from creation. Counted from
+    // the request, not the decision: an approved lifetime is exactly the one that was shown.
+    const asked = Date.now();
+    const lifetime = Math.floor((asked - rec.createdAt) / 1000) + timeoutSeconds;
+    await this.approvals.admit({
+      tenant: rec.tenant, sandbox: id, action: 'timeout', requestedBy: caller.keyId ?? null, ...(opts.signal ? { signal: opts.signal } : {}),
+      describe: () => ({ lifetimeSeconds: lifetime }),
+    }, (granted) => this.governance.admitTimeout(rec.tenant, id, lifetime, granted));
+    const now = this.owned(caller, id);
+    if (!isLive(now.state)) throw conflict(`sandbox ${id} is ${now.state}`);
+    const expiresAt = asked + timeoutSeconds * 1000;
     this.tx(() => {
       this.sandboxes.update(id, { expiresAt });
       this.events.append({ tenant: rec.tenant, sandbox: id, type: 'sandbox.timeout_changed', data: { timeoutSeconds, expiresAt: new Date(expiresAt).toISOString() } });
     });
+    return toSandboxInfo(this.sandboxes.get(id)!);
+  }
+
+  /** The runtimes (isolation tiers) this host can run, weakest first. */
+  runtimes(): RuntimeName[] {
+    return RUNTIME_ORDER.filter((r) => this.drivers.has(r));
+  }
+
+  // ---- pause / resume --------------------------------------------------------------------
+
+  /**
+   * Freezes every process of a running sandbox (its memory, files and network stay; it uses no
+   * CPU). Exec and file calls answer 409 until resume; an exec already running just waits, and
+   * its own timeout does not tick while frozen. The lifetime (expiresAt) keeps counting: a paused
+   * sandbox still holds its memory. Pausing a paused sandbox returns it unchanged.
+   */
+  async pauseSandbox(caller: Caller, id: string): Promise<SandboxInfo> {
+    return this.pauseOrResume(caller, id, 'pause');
+  }
+
+  /** Thaws a paused sandbox; resuming a running one returns it unchanged. */
+  async resumeSandbox(caller: Caller, id: string): Promise<SandboxInfo> {
+    return this.pauseOrResume(caller, id, 'resume');
+  }
+
+  private async pauseOrResume(caller: Caller, id: string, verb: 'pause' | 'resume'): Promise<SandboxInfo> {
+    const rec = this.owned(caller, id);
+    const from: SandboxState = verb === 'pause' ? 'running' : 'paused';
+    const to: SandboxState = verb === 'pause' ? 'paused' : 'running';
+    if (rec.state === to) return toSandboxInfo(rec);
+    if (rec.state !== from) throw conflict(`sandbox ${id} is ${rec.state}, cannot ${verb} it`);
+    const live = this.live.get(id);
+    if (!live || live.ending) {
+      if (!live && rec.ownerPid && rec.ownerPid !== this.ownerPid && processAlive(rec.ownerPid, rec.ownerStart)) {
+        throw conflict(`sandbox ${id} is managed by another Airlock process (pid ${rec.ownerPid}); talk to it through AIRLOCK_URL`);
+      }
+      throw conflict(`sandbox ${id} is ending`);
+    }
+    // One pause/resume at a time per sandbox; a second caller waits for the first and re-checks.
+    const pending = this.pauseOps.get(id);
+    if (pending) {
+      await pending.catch(() => {});
+      return this.pauseOrResume(caller, id, verb);
+    }
+    const driver = this.drivers.get(rec.spec.runtime)!;
+    const op = (async () => {
+      const t0 = Date.now();
+      if (verb === 'pause') await driver.pause(id);
+      else await driver.resume(id);
+      const cur = this.sandboxes.get(id);
+      // The sandbox may have ended (kill, expiry) while the runtime worked: that state wins.
+      if (!cur || cur.state !== from || live.ending) return;
+      this.tx(() => {
+        this.sandboxes.update(id, { state: to });
+        this.events.append({ tenant: rec.tenant, sandbox: id, type: verb === 'pause' ? 'sandbox.paused' : 'sandbox.resumed', data: { runtime: rec.spec.runtime, ms: Date.now() - t0 } });
+      });
+    })();
+    this.pauseOps.set(id, op);
+    try {
+      await op;
+    } catch (e) {
+      throw new AirlockError('internal', `could not ${verb} sandbox ${id}: ${(e as Error).message}`);
+    } finally {
+      if (this.pauseOps.get(id) === op) this.pauseOps.delete(id);
+    }
     return toSandboxInfo(this.sandboxes.get(id)!);
   }
 
@@ -445,7 +644,9 @@ export class Engine implements AirlockEngine {
     }
     const durationMs = Date.now() - started;
     this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id));
-    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.exited', data: { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, stdoutBytes: out.total, stderrBytes: err.total } });
+    // The tenant's policy may ask for the output itself in the audit trail (exec.recordOutput), capped.
+    const recorded = this.governance.recordedOutput(rec.tenant, () => out.text(), () => err.text());
+    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.exited', data: { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, stdoutBytes: out.total, stderrBytes: err.total, ...recorded } });
     const result: ExecResult = { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs, reason: exit.reason };
     if (out.truncated || err.truncated) result.truncated = true;
     return result;
@@ -465,6 +666,29 @@ export class Engine implements AirlockEngine {
     } catch (e) {
       throw mapAgentError(e);
     }
+  }
+
+  async openPty(caller: Caller, id: string, opts: PtyOptions = {}): Promise<PtySession> {
+    const req = parsePtyOptions(opts);
+    const { rec, live } = await this.ready(caller, id);
+    const driver = this.drivers.get(rec.spec.runtime)!;
+    const before = driver.limitCounters(id);
+    const cmd = req.cmd ?? await defaultShell(live.link);
+    const { cols, rows, ...rest } = req;
+    return startPtySession({
+      link: live.link,
+      spec: { ...this.agentSpec(rec, live, { ...rest, cmd }, false), pty: { cols, rows } },
+      sandbox: id,
+      envNames: Object.keys(req.env ?? {}),
+      execIds: live.execIds,
+      audit: (type, data) => { this.events.append({ tenant: rec.tenant, sandbox: id, type, data }); },
+      classify: (res, killed) => this.classifyExit(rec, res, before, killed),
+      sandboxEnding: () => {
+        const ending = live.ending;
+        return ending ? ending.done.then(() => ({ exitCode: ending.execReason === 'timeout' ? 124 : 137, reason: ending.execReason })) : null;
+      },
+      afterExit: () => this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id)),
+    });
   }
 
   async listProcesses(caller: Caller, id: string): Promise<ProcessInfo[]> {
@@ -517,11 +741,14 @@ export class Engine implements AirlockEngine {
       this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'limit.pids', data: { limit: rec.spec.resources.pids, hits: after.pidsMaxHits - before.pidsMaxHits } });
     }
     if (res.timedOut) return { exitCode: 124, reason: 'timeout' as const, signal: res.signal };
+    // The host's cgroup counter, or (microvm) the guest agent's word, which only trusts it about
+    // its own sandbox's processes.
+    const oomKilled = res.oomKilled === true || (after.oomKills > before.oomKills && (res.signal === 9 || (driver.oomSeenAsExit && res.code !== 0)));
+    if (oomKilled) {
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'limit.oom', data: { limitMiB: rec.spec.resources.memoryMiB } });
+      return { exitCode: 137, reason: 'oom' as const, signal: 9 };
+    }
     if (res.signal) {
-      if (res.signal === 9 && after.oomKills > before.oomKills) {
-        this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'limit.oom', data: { limitMiB: rec.spec.resources.memoryMiB } });
-        return { exitCode: 137, reason: 'oom' as const, signal: 9 };
-      }
       return { exitCode: 128 + res.signal, reason: aborted ? 'killed' as const : 'signaled' as const, signal: res.signal };
     }
     return { exitCode: res.code, reason: 'exited' as const };
@@ -685,10 +912,13 @@ export class Engine implements AirlockEngine {
   }
 
   listEvents(caller: Caller, filter: EventFilter = {}): AuditEvent[] {
+    // Another tenant's sandbox is not found here either (not an empty list).
+    if (filter.sandbox !== undefined && caller.tenant !== null) this.owned(caller, filter.sandbox);
     return this.events.query({ tenant: caller.tenant, sandbox: filter.sandbox, type: filter.type, afterSeq: filter.afterSeq, limit: filter.limit });
   }
 
   subscribeEvents(caller: Caller, filter: EventFilter, listener: (e: AuditEvent) => void): () => void {
+    if (filter.sandbox !== undefined && caller.tenant !== null) this.owned(caller, filter.sandbox);
     return this.events.subscribe((e) => {
       if (caller.tenant && e.tenant !== caller.tenant) return;
       if (filter.sandbox && e.sandbox !== filter.sandbox) return;
@@ -701,25 +931,215 @@ export class Engine implements AirlockEngine {
     return runDoctor({ dataDir: this.dataDir, templatesDir: this.templatesDir });
   }
 
+  // ---- secrets (secrets/; docs/secrets.md) -------------------------------------------------
+
+  setSecret(caller: Caller, name: string, input: SetSecretInput, opts: { tenant?: string } = {}): SecretInfo {
+    this.assertOpen();
+    const tenant = this.secretTenant(caller, opts.tenant);
+    const info = this.secretStore.set(tenant, name, input);
+    this.events.append({ tenant, sandbox: null, type: 'secret.set', data: { secret: info.name, hosts: info.hosts, header: info.header !== null, by: caller.keyId ?? null } });
+    return info;
+  }
+
+  listSecrets(caller: Caller, opts: { tenant?: string } = {}): SecretInfo[] {
+    this.assertOpen();
+    if (caller.tenant === null && opts.tenant === undefined) return this.secretStore.list(null);
+    return this.secretStore.list(this.secretTenant(caller, opts.tenant));
+  }
+
+  deleteSecret(caller: Caller, name: string, opts: { tenant?: string } = {}): void {
+    this.assertOpen();
+    const tenant = this.secretTenant(caller, opts.tenant);
+    this.secretStore.delete(tenant, name);
+    this.events.append({ tenant, sandbox: null, type: 'secret.deleted', data: { secret: name, by: caller.keyId ?? null } });
+  }
+
+  /** The tenant a secrets call acts on: the caller's own; an admin's choice (default "default"). */
+  private secretTenant(caller: Caller, asked: string | undefined): string {
+    if (caller.tenant !== null) {
+      // Another tenant is "not found", as its sandboxes are.
+      if (asked !== undefined && asked !== caller.tenant) throw notFound('tenant', String(asked));
+      return caller.tenant;
+    }
+    const tenant = asked ?? DEFAULT_TENANT;
+    if (!this.governance.listTenants().some((t) => t.name === tenant)) throw notFound('tenant', String(tenant));
+    return tenant;
+  }
+
+  /**
+   * A spec naming secrets: each must exist in the tenant; their hosts join the allowlist (after
+   * the policy's defaultAllow would have applied). Returns the input the policy then judges.
+   */
+  private secretHostsInto(tenant: string, input: SandboxSpecInput, spec: SandboxSpec): SandboxSpecInput {
+    const names = spec.secrets ?? [];
+    if (names.length === 0) return input;
+    const hosts: string[] = [];
+    for (const name of names) {
+      const s = this.secretStore.get(tenant, name);
+      if (!s) throw notFound('secret', name);
+      if (Object.hasOwn(spec.env, name)) throw badRequest(`env.${name}: is also a secret of this sandbox; its placeholder goes there`, `env.${name}`);
+      hosts.push(...s.hosts);
+    }
+    const base = input?.network?.allow ?? this.governance.effective(tenant).network?.defaultAllow ?? [];
+    spec.network.allow = [...new Set([...base, ...hosts])];
+    return { ...input, network: { ...input?.network, allow: spec.network.allow } };
+  }
+
+  /** Puts a fresh placeholder in the env under each secret's name, and the CA variables. */
+  private placeholdersInto(tenant: string, spec: SandboxSpec): SandboxSecret[] {
+    const out: SandboxSecret[] = [];
+    for (const name of spec.secrets ?? []) {
+      const s = this.secretStore.reveal(tenant, name);
+      if (!s) throw notFound('secret', name);
+      const value = s.value.toString('latin1');
+      let placeholder = newPlaceholder(name);
+      // The placeholder is the sandbox's to see: it must never hold the value (a short hex value could).
+      for (let i = 0; placeholder.includes(value); i++) {
+        if (i === 8) throw badRequest(`secrets: the value of ${name} keeps appearing in its placeholder; choose another value`, 'secrets');
+        placeholder = newPlaceholder(name);
+      }
+      spec.env[name] = placeholder;
+      out.push({ name, placeholder });
+    }
+    if (out.length > 0) for (const v of CA_BUNDLE_ENV) if (!Object.hasOwn(spec.env, v)) spec.env[v] = SANDBOX_CA_BUNDLE;
+    return out;
+  }
+
+  /** The data dir's Airlock CA, made on first use (its key never leaves <dataDir>/ca). */
+  private sandboxCa(): Promise<AirlockCa> {
+    this.airlockCa ??= AirlockCa.open(join(this.dataDir, 'ca'));
+    this.airlockCa.catch(() => { this.airlockCa = null; });
+    return this.airlockCa;
+  }
+
   ensureAdminKey(): string | null {
     if (this.keys.hasAdminKey()) return null;
     return this.keys.create('admin', null);
   }
 
-  authenticate(key: string): Caller | null {
-    const rec = this.keys.verify(key);
-    if (!rec) return null;
-    return { tenant: rec.scope === 'admin' ? null : rec.tenant };
+  authenticate(key: string | null, from: { address?: string } = {}): Caller | null {
+    return this.governance.authenticate(key, from);
+  }
+
+  recordAuthDenied(reason: string, from: { address?: string } = {}): void {
+    this.governance.recordAuthDenied({ reason, ...(from.address ? { address: from.address } : {}) });
+  }
+
+  // ---- approvals (approvals/approval-service.ts; docs/approvals.md) ----
+
+  listApprovals(caller: Caller, filter: ApprovalFilter = {}): ApprovalInfo[] {
+    return this.approvals.list(caller, filter);
+  }
+
+  getApproval(caller: Caller, id: string): ApprovalInfo {
+    return this.approvals.get(caller, id);
+  }
+
+  approveApproval(caller: Caller, id: string, input: ApprovalDecisionInput = {}): ApprovalInfo {
+    return this.approvals.decide(caller, id, 'approved', input);
+  }
+
+  denyApproval(caller: Caller, id: string, input: ApprovalDecisionInput = {}): ApprovalInfo {
+    return this.approvals.decide(caller, id, 'denied', input);
+  }
+
+  /**
+   * A sandbox's DNS question or proxied connection for a name its allowlist lacks: null (refuse
+   * now) unless its tenant's policy says approvals.egressOutsideAllowlist: ask; else the answer
+   * once decided, the host added to this sandbox's allowlist (only) when approved.
+   */
+  private askEgress(sandbox: string, host: string, port: number | null): Promise<EgressAnswer> | null {
+    const rec = this.sandboxes.get(sandbox);
+    if (this.closed || !rec || rec.state !== 'running') return null;
+    if (this.governance.effective(rec.tenant).approvals?.egressOutsideAllowlist !== 'ask') return null;
+    // Only a name that can become an allow entry is worth a person's time.
+    try {
+      if (parseEgressRule(host).kind !== 'name' || host.startsWith('*')) return null;
+    } catch {
+      return null;
+    }
+    return this.approvals.askEgress({
+      tenant: rec.tenant, sandbox, host, port,
+      apply: async () => {
+        const admin: Caller = { tenant: null };
+        // The person approved exactly this host for this sandbox: that is the grant the ceiling rule needs.
+        const rule = egressRule(this.governance.effective(rec.tenant), [host]);
+        await this.changeNetwork(admin, sandbox, (cur) => ({ allow: cur.allow.includes(host) ? cur.allow : [...cur.allow, host] }), new Set([grantKey(rule)]));
+        return true;
+      },
+    });
+  }
+
+  /** What an approval request shows besides its rules: the hosts, mounts or lifetime asked for. */
+  private approvalFacts(tenant: string, asks: Array<{ rule: string }>, spec: SandboxSpec | null, allow: string[] = []): Omit<ApprovalSubject, 'rules'> {
+    const out: Omit<ApprovalSubject, 'rules'> = {};
+    const rules = new Set(asks.map((a) => a.rule));
+    if (rules.has('network.allowCeiling')) {
+      const ceiling = this.governance.effective(tenant).network?.allowCeiling ?? [];
+      out.hosts = outsideCeiling(spec ? spec.network.allow : allow, ceiling);
+    }
+    if (spec && rules.has('approvals.readWriteMount')) out.mounts = spec.mounts.filter((m) => !m.readOnly).map((m) => ({ source: m.source, target: m.target }));
+    if (spec && rules.has('approvals.lifetimeAbove')) out.lifetimeSeconds = spec.timeoutSeconds;
+    return out;
+  }
+
+  // ---- tenants, keys, policies (tenants/governance.ts; scopes checked by tenants/access.ts) ----
+
+  createTenant(caller: Caller, name: string): TenantInfo {
+    this.assertOpen();
+    return this.governance.createTenant(caller, name);
+  }
+
+  listTenants(_caller: Caller): TenantInfo[] {
+    this.assertOpen();
+    return this.governance.listTenants();
+  }
+
+  deleteTenant(caller: Caller, name: string): void {
+    this.assertOpen();
+    this.governance.deleteTenant(caller, name);
+  }
+
+  createKey(caller: Caller, input: CreateKeyInput): CreatedApiKey {
+    this.assertOpen();
+    return this.governance.createKey(caller, input ?? {});
+  }
+
+  listKeys(_caller: Caller, filter: { tenant?: string } = {}): ApiKeyInfo[] {
+    this.assertOpen();
+    return this.governance.listKeys(filter);
+  }
+
+  revokeKey(caller: Caller, id: string): void {
+    this.assertOpen();
+    this.governance.revokeKey(caller, id);
+  }
+
+  getPolicy(caller: Caller, tenant: string, version?: number): PolicyVersionInfo {
+    this.assertOpen();
+    return this.governance.getPolicy(caller, tenant, version);
+  }
+
+  setPolicy(caller: Caller, tenant: string, document: unknown): PolicyVersionInfo {
+    this.assertOpen();
+    return this.governance.setPolicy(caller, tenant, document);
+  }
+
+  testPolicy(caller: Caller, input: PolicyTestInput): PolicyTestResult {
+    this.assertOpen();
+    return this.governance.testPolicy(caller, input ?? {});
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.reaper) clearInterval(this.reaper);
+    await this.approvals.close();
     await Promise.all([...this.live.values()].map((l) => l.link.close().catch(() => {})));
     this.live.clear();
     await Promise.all([...this.networkOps.values()].map((p) => p.catch(() => {})));
     await this.network.close();
+    this.governance.close();
     this.db.close();
   }
 
@@ -832,6 +1252,7 @@ export class Engine implements AirlockEngine {
       await live?.link.close().catch(() => {});
       this.live.delete(id);
       this.diskWatch.forget(id);
+      this.secretBroker.unregister(id);
       this.finish(id, state, reason);
     })();
     if (live) live.ending = { state, reason, execReason, done };
@@ -841,6 +1262,7 @@ export class Engine implements AirlockEngine {
   private finish(id: string, state: SandboxState, reason: string): void {
     const rec = this.sandboxes.get(id);
     if (!rec || isTerminal(rec.state)) return;
+    this.approvals.sandboxEnded(id);
     this.tx(() => {
       this.sandboxes.update(id, { state, reason, endedAt: Date.now() });
       this.events.append({ tenant: rec.tenant, sandbox: id, type: END_EVENT[state] ?? `sandbox.${state}`, data: { reason } });
@@ -899,10 +1321,20 @@ export class Engine implements AirlockEngine {
       const alive = status === 'running' || status === 'paused';
       if (alive && rec.state !== 'creating' && rec.expiresAt > now && this.claim(rec)) {
         const template = this.templates.get(rec.spec.template);
-        const link = await AgentLink.listen(join(this.dataDir, 'sandboxes', rec.id, 'ctl', HOST_SOCKET_NAME), rec.agentToken);
+        const link = await AgentLink.listen(join(this.dataDir, 'sandboxes', rec.id, 'ctl', HOST_SOCKET_NAME), rec.agentToken, { helloTimeoutMs: driver?.agentHelloTimeoutMs });
         this.attach(rec.id, link, template?.env ?? []);
         keep.add(rec.id);
         adopted.push(rec.id);
+        // A crash between the runtime's pause/resume and the store's update: the runtime is right.
+        const actual: SandboxState = status === 'paused' ? 'paused' : 'running';
+        if (rec.state !== actual) {
+          this.tx(() => {
+            this.sandboxes.update(rec.id, { state: actual });
+            this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: actual === 'paused' ? 'sandbox.paused' : 'sandbox.resumed', data: { runtime: rec.spec.runtime, reconciled: true } });
+          });
+        }
+        // Its placeholders are in its spec: the broker takes its secret hosts' connections again.
+        this.secretBroker.register(rec.id, rec.tenant, (rec.spec.secrets ?? []).map((name) => ({ name, placeholder: rec.spec.env[name] ?? '' })).filter((s) => s.placeholder !== ''));
         if (rec.spec.network.allow.length > 0) {
           // Its rules point at the dead engine's proxy: until re-pointed it can reach nothing (fail closed).
           await this.network.adopt(rec.id, rec.spec.network).catch((e: Error) => {

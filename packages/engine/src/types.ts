@@ -1,6 +1,8 @@
 /** Public data shapes of the engine. The REST and SDK contracts mirror these. */
 
 export type RuntimeName = 'container' | 'gvisor' | 'microvm';
+/** The isolation ladder, weakest first: a tier policy's minimum admits its tier and those after it. */
+export const RUNTIME_ORDER: readonly RuntimeName[] = ['container', 'gvisor', 'microvm'];
 
 export type SandboxState =
   | 'creating'
@@ -56,6 +58,8 @@ export interface SandboxSpecInput {
   /** Where outputs are collected from after a run (default /work/out). */
   outputPath?: string;
   metadata?: Record<string, string>;
+  /** Names of the tenant's secrets (docs/secrets.md): the env gets a placeholder under each name. */
+  secrets?: string[];
 }
 
 export interface SandboxSpec {
@@ -70,6 +74,8 @@ export interface SandboxSpec {
   workdir: string;
   outputPath: string;
   metadata: Record<string, string>;
+  /** Secrets brokered for it (absent: none; records from before secrets existed). */
+  secrets?: string[];
 }
 
 export interface SandboxInfo {

@@ -7,7 +7,7 @@ import { detectCgroups, idRangeConflicts, runDoctor } from '../src/doctor.js';
 
 const EXPECTED = [
   'root', 'kernel', 'cgroups', 'runc', 'crun', 'runsc', 'uid-range', 'userns',
-  'overlayfs', 'disk-images', 'nftables', 'egress', 'kvm', 'templates', 'data-dir',
+  'overlayfs', 'disk-images', 'nftables', 'egress', 'kvm', 'microvm', 'templates', 'data-dir',
 ];
 
 function runscProbeDirs(): string[] {

@@ -107,7 +107,7 @@ describe('lifecycle and exec', () => {
 
   test('setSandboxTimeout extends the lifetime', async () => {
     const s = await sandbox({ timeoutSeconds: 2 });
-    const ext = engine.setSandboxTimeout(admin, s.id, 60);
+    const ext = await engine.setSandboxTimeout(admin, s.id, 60);
     assert.ok(Date.parse(ext.expiresAt) - Date.now() > 50_000);
     await new Promise((r) => setTimeout(r, 2500));
     assert.equal(engine.getSandbox(admin, s.id).state, 'running');

@@ -110,6 +110,28 @@ function streamBytes(res: http.ServerResponse, total: number): void {
   pump();
 }
 
+export interface EchoRecord { address: string; method: string; url: string; headers: string[]; body: string }
+/** The last requests /echo got, oldest first. */
+const ECHO_LOG: EchoRecord[] = [];
+
+/** Reflects the request (line, raw header lines, body) back as JSON and keeps a copy in ECHO_LOG. */
+function echo(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  req.on('data', (d: Buffer) => { size += d.length; if (size <= 1024 * 1024) chunks.push(d); });
+  req.on('end', () => {
+    const rec: EchoRecord = { address: req.socket.localAddress ?? '', method: req.method ?? '', url: req.url ?? '', headers: req.rawHeaders, body: Buffer.concat(chunks).toString('latin1') };
+    ECHO_LOG.push(rec);
+    if (ECHO_LOG.length > 200) ECHO_LOG.shift();
+    const body = `${JSON.stringify(rec)}\n`;
+    // The request's headers also come back as response headers (a reflecting server at its worst).
+    const reflected: Record<string, string> = {};
+    for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) reflected[`x-echo-${req.rawHeaders[i]!.toLowerCase()}`] = req.rawHeaders[i + 1]!;
+    res.writeHead(200, { ...reflected, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
+    res.end(body);
+  });
+}
+
 function handle(req: http.IncomingMessage, res: http.ServerResponse): void {
   const path = (req.url ?? '/').split('?')[0]!;
   const bytes = /^\/bytes\/(\d{1,10})$/.exec(path);
@@ -127,6 +149,12 @@ function handle(req: http.IncomingMessage, res: http.ServerResponse): void {
   } else if (path === '/echo-headers') {
     res.writeHead(200, { 'content-type': 'application/json' });
     res.end(`${JSON.stringify(req.headers)}\n`);
+  } else if (path === '/echo') {
+    echo(req, res);
+  } else if (path === '/echo-log') {
+    // What /echo received, as it arrived (the secret broker's tests read it from the host).
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(`${JSON.stringify(ECHO_LOG)}\n`);
   } else {
     res.writeHead(404, { 'content-type': 'text/plain' });
     res.end('not found\n');

@@ -309,7 +309,11 @@ describe('leaving nothing behind', () => {
     const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
     writeFileSync('/run/airlock-tnet.lock', JSON.stringify({ pid: 1, start, token: 'held-by-pid-1' }), { flag: 'wx' });
     try {
-      await assert.rejects(startTestInternet(), /another test internet is running \(pid 1 holds/);
+      await assert.rejects(startTestInternet({ waitForLockMs: 0 }), /another test internet is running \(pid 1 holds/);
+      // With a wait, it queues behind the holder and takes over once it is gone.
+      setTimeout(() => rmSync('/run/airlock-tnet.lock', { force: true }), 500);
+      const queued = await startTestInternet({ waitForLockMs: 10_000 });
+      await queued.close();
     } finally {
       rmSync('/run/airlock-tnet.lock', { force: true });
     }

@@ -500,12 +500,27 @@ async function nftCanaryHits(ns: string): Promise<CanaryHit[]> {
   return hits;
 }
 
-export async function startTestInternet(opts: { records?: Record<string, string> } = {}): Promise<TestInternet> {
+/**
+ * `waitForLockMs`: how long to wait while another live process holds the fixture (default
+ * AIRLOCK_TNET_WAIT_MS, else 10 minutes), so test files that each need it queue instead of
+ * failing; 0 fails at once.
+ */
+export async function startTestInternet(opts: { records?: Record<string, string>; waitForLockMs?: number } = {}): Promise<TestInternet> {
   const records = { ...DEFAULT_RECORDS, ...(opts.records ?? {}) };
   checkRecords(records);
   const id = randomBytes(3).toString('hex');
   const token = randomBytes(8).toString('hex');
-  acquireLock(token);
+  const waitMs = opts.waitForLockMs ?? Number(process.env['AIRLOCK_TNET_WAIT_MS'] ?? 600_000);
+  for (const deadline = Date.now() + waitMs; ;) {
+    try {
+      acquireLock(token);
+      break;
+    } catch (e) {
+      // Held by another live process: wait for it (its own process never waits on itself).
+      if (!/another test internet is running \(pid/.test(String(e)) || Date.now() >= deadline) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
   const undo = new Undo();
   undo.add(LOCK_PATH, async () => releaseLock(token), () => releaseLock(token));
   live.add(undo);

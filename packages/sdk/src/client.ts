@@ -2,6 +2,11 @@ import { ApiError, errorFromResponse } from './errors.js';
 import { NdjsonParser } from './ndjson.js';
 import { SseParser } from './sse.js';
 import type { CreateVolumeBody, VolumeInfo } from './volume-types.js';
+import type { SecretInfo, SetSecretBody } from './secret-types.js';
+import type { ApprovalInfo, ApprovalState } from './approval-types.js';
+import type {
+  ApiKeyInfo, CreatedApiKey, CreateKeyBody, PolicyDocument, PolicyTestBody, PolicyTestResult, PolicyVersionInfo, TenantInfo,
+} from './tenant-types.js';
 import { uploadBody } from './file-streams.js';
 import type { FileWatchEnd, FileWatchEvent, OutputsListing, UploadData } from './file-types.js';
 import type {
@@ -20,6 +25,11 @@ export interface ClientOptions {
    * streams. Default 60 000 ms.
    */
   requestTimeoutMs?: number;
+  /**
+   * Extra time allowed to a create, POST …/timeout and PATCH …/network, which wait while a
+   * policy asks a person for approval (docs/approvals.md). Default 900 000 ms.
+   */
+  approvalWaitMs?: number;
 }
 
 export interface ExecStreamHandlers {
@@ -31,6 +41,7 @@ export interface ExecStreamHandlers {
 
 const DEFAULT_URL = 'http://127.0.0.1:7070';
 const DEFAULT_REQUEST_TIMEOUT_MS = 60_000;
+const DEFAULT_APPROVAL_WAIT_MS = 900_000;
 
 interface RequestOptions {
   query?: Record<string, string | number | boolean | undefined>;
@@ -57,17 +68,25 @@ export class ApiClient {
   readonly url: string;
   private readonly apiKey: string | undefined;
   private readonly requestTimeoutMs: number;
+  /** Bound on calls that may wait for an approval. */
+  private readonly approvalTimeoutMs: number;
 
   constructor(opts: ClientOptions = {}) {
     this.url = (opts.url ?? env('AIRLOCK_URL') ?? DEFAULT_URL).replace(/\/+$/, '');
     this.apiKey = opts.apiKey ?? env('AIRLOCK_API_KEY');
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
+    this.approvalTimeoutMs = this.requestTimeoutMs + (opts.approvalWaitMs ?? DEFAULT_APPROVAL_WAIT_MS);
+  }
+
+  /** The headers every request carries (the bearer key), for connections made outside fetch (WebSocket). */
+  authHeaders(): Record<string, string> {
+    return this.apiKey ? { authorization: `Bearer ${this.apiKey}` } : {};
   }
 
   // ---- sandboxes ----
 
   createSandbox(body: CreateSandboxBody): Promise<SandboxInfo> {
-    return this.json('POST', '/v1/sandboxes', { json: body });
+    return this.json('POST', '/v1/sandboxes', { json: body, timeoutMs: this.approvalTimeoutMs });
   }
 
   getSandbox(id: string): Promise<SandboxInfo> {
@@ -86,13 +105,23 @@ export class ApiClient {
     return this.json('DELETE', `/v1/sandboxes/${enc(id)}`);
   }
 
+  /** Freezes the sandbox (no CPU; memory, files, network kept); idempotent. */
+  pauseSandbox(id: string): Promise<SandboxInfo> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/pause`);
+  }
+
+  /** Thaws a paused sandbox; idempotent. */
+  resumeSandbox(id: string): Promise<SandboxInfo> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/resume`);
+  }
+
   setTimeout(id: string, timeoutSeconds: number): Promise<SandboxInfo> {
-    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeoutSeconds } });
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/timeout`, { json: { timeoutSeconds }, timeoutMs: this.approvalTimeoutMs });
   }
 
   /** Changes the egress policy live; fields left out keep their value. `cut`: connections closed. */
   updateNetwork(id: string, policy: Partial<NetworkPolicy>): Promise<SandboxInfo & { cut: number }> {
-    return this.json('PATCH', `/v1/sandboxes/${enc(id)}/network`, { json: policy });
+    return this.json('PATCH', `/v1/sandboxes/${enc(id)}/network`, { json: policy, timeoutMs: this.approvalTimeoutMs });
   }
 
   // ---- commands ----
@@ -259,6 +288,22 @@ export class ApiClient {
 
   // ---- the rest ----
 
+  // ---- secrets (values go in, never come back) ----
+
+  /** Creates or replaces a secret of the key's tenant (`tenant`: admin keys only). */
+  setSecret(name: string, body: SetSecretBody, opts: { tenant?: string } = {}): Promise<SecretInfo> {
+    return this.json('PUT', `/v1/secrets/${enc(name)}`, { json: body, query: { tenant: opts.tenant } });
+  }
+
+  async listSecrets(opts: { tenant?: string } = {}): Promise<SecretInfo[]> {
+    const r = await this.json<{ secrets: SecretInfo[] }>('GET', '/v1/secrets', { query: { tenant: opts.tenant } });
+    return r.secrets;
+  }
+
+  async deleteSecret(name: string, opts: { tenant?: string } = {}): Promise<void> {
+    await this.send('DELETE', `/v1/secrets/${enc(name)}`, { query: { tenant: opts.tenant } });
+  }
+
   // ---- volumes ----
 
   createVolume(body: CreateVolumeBody): Promise<VolumeInfo> {
@@ -369,6 +414,70 @@ export class ApiClient {
       throw e;
     }
     return last;
+  }
+
+  // ---- tenants, keys, policies (admin keys; a tenant may read and test its own policy) ----
+
+  createTenant(name: string): Promise<TenantInfo> {
+    return this.json('POST', '/v1/tenants', { json: { name } });
+  }
+
+  async listTenants(): Promise<TenantInfo[]> {
+    return (await this.json<{ tenants: TenantInfo[] }>('GET', '/v1/tenants')).tenants;
+  }
+
+  /** 409 while it has live sandboxes or volumes; revokes its keys. */
+  async deleteTenant(name: string): Promise<void> {
+    await this.send('DELETE', `/v1/tenants/${enc(name)}`);
+  }
+
+  /** The answer's `key` is shown this once. */
+  createKey(body: CreateKeyBody): Promise<CreatedApiKey> {
+    return this.json('POST', '/v1/keys', { json: body });
+  }
+
+  async listKeys(q: { tenant?: string } = {}): Promise<ApiKeyInfo[]> {
+    return (await this.json<{ keys: ApiKeyInfo[] }>('GET', '/v1/keys', { query: { ...q } })).keys;
+  }
+
+  async revokeKey(id: string): Promise<void> {
+    await this.send('DELETE', `/v1/keys/${enc(id)}`);
+  }
+
+  /** `tenant` = `default` for the server default; the latest version unless `version`. */
+  getPolicy(tenant: string, version?: number): Promise<PolicyVersionInfo> {
+    return this.json('GET', `/v1/policies/${enc(tenant)}`, { query: { version } });
+  }
+
+  /** Stores `document` as the tenant's next policy version. */
+  setPolicy(tenant: string, document: PolicyDocument): Promise<PolicyVersionInfo> {
+    return this.json('PUT', `/v1/policies/${enc(tenant)}`, { json: document });
+  }
+
+  /** Judges a sandbox spec against a policy: every rule with its verdict. */
+  testPolicy(body: PolicyTestBody): Promise<PolicyTestResult> {
+    return this.json('POST', '/v1/policies/test', { json: body });
+  }
+
+  // ---- approvals (docs/approvals.md): admin keys approve; tenant keys list and deny their own ----
+
+  /** Newest first. */
+  async listApprovals(q: { state?: ApprovalState; sandbox?: string; tenant?: string; limit?: number } = {}): Promise<ApprovalInfo[]> {
+    return (await this.json<{ approvals: ApprovalInfo[] }>('GET', '/v1/approvals', { query: { ...q } })).approvals;
+  }
+
+  getApproval(id: string): Promise<ApprovalInfo> {
+    return this.json('GET', `/v1/approvals/${enc(id)}`);
+  }
+
+  /** The waiting action resumes; 409 when already decided or expired. */
+  approveApproval(id: string, opts: { reason?: string } = {}): Promise<ApprovalInfo> {
+    return this.json('POST', `/v1/approvals/${enc(id)}/approve`, { json: opts });
+  }
+
+  /** The waiting action is refused (422 approval_denied); 409 when already decided or expired. */
+  denyApproval(id: string, opts: { reason?: string } = {}): Promise<ApprovalInfo> {
+    return this.json('POST', `/v1/approvals/${enc(id)}/deny`, { json: opts });
   }
 
   health(): Promise<{ ok: boolean; version: string }> {

@@ -7,13 +7,22 @@ export class ApiError extends Error {
   readonly code: string;
   /** The input field at fault, for 400s ("resources.memoryMiB"). */
   readonly field?: string;
+  /** For a 429 quota_exceeded: which quota, its limit and the current use. */
+  readonly quota?: string;
+  readonly limit?: number;
+  readonly used?: number;
 
-  constructor(status: number, code: string, message: string, field?: string, options?: { cause?: unknown }) {
+  constructor(status: number, code: string, message: string, field?: string, options?: { cause?: unknown; quota?: { quota: string; limit: number; used: number } }) {
     super(message, options);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
     if (field !== undefined) this.field = field;
+    if (options?.quota) {
+      this.quota = options.quota.quota;
+      this.limit = options.quota.limit;
+      this.used = options.quota.used;
+    }
   }
 }
 
@@ -25,10 +34,11 @@ const CODE_BY_STATUS: Record<number, string> = {
 /** Builds the ApiError for an error response from its status and (possibly non-JSON) body text. */
 export function errorFromResponse(status: number, bodyText: string): ApiError {
   try {
-    const parsed = JSON.parse(bodyText) as { error?: { code?: unknown; message?: unknown; field?: unknown } };
+    const parsed = JSON.parse(bodyText) as { error?: { code?: unknown; message?: unknown; field?: unknown; quota?: unknown; limit?: unknown; used?: unknown } };
     const e = parsed?.error;
     if (e && typeof e.code === 'string' && typeof e.message === 'string') {
-      return new ApiError(status, e.code, e.message, typeof e.field === 'string' ? e.field : undefined);
+      const quota = typeof e.quota === 'string' && typeof e.limit === 'number' && typeof e.used === 'number' ? { quota: e.quota, limit: e.limit, used: e.used } : undefined;
+      return new ApiError(status, e.code, e.message, typeof e.field === 'string' ? e.field : undefined, quota ? { quota } : undefined);
     }
   } catch { /* not our JSON: a proxy's page, say */ }
   const code = CODE_BY_STATUS[status] ?? (status >= 500 ? 'internal' : 'bad_request');

@@ -4,6 +4,7 @@
  */
 import { ApiClient, type ClientOptions } from './client.js';
 import { ApiError } from './errors.js';
+import { Pty } from './pty.js';
 import type {
   CreateSandboxBody, ExecBody, ExecReason, FileEntry, FileStatInfo, MountSpec, NetworkPolicy, ProcessInfo,
   Resources, RuntimeName, SandboxInfo,
@@ -26,6 +27,8 @@ export interface SandboxCreateOptions extends ClientOptions {
   workdir?: string;
   /** Where outputs are collected from (default /work/out). */
   outputPath?: string;
+  /** Secrets to broker (see Secret): the env holds a placeholder under each name, never the value. */
+  secrets?: string[];
 }
 
 export interface CommandOptions {
@@ -210,11 +213,14 @@ export class Sandbox {
   readonly sandboxId: string;
   readonly commands: Commands;
   readonly files: Files;
+  /** Interactive terminals: `await sbx.pty.create({ cols, rows, onData })` (Node: uses `ws`). */
+  readonly pty: Pty;
 
   private constructor(readonly api: ApiClient, info: SandboxInfo) {
     this.sandboxId = info.id;
     this.commands = new Commands(api, info.id);
     this.files = new Files(api, info.id);
+    this.pty = new Pty(api, info.id);
   }
 
   static async create(opts: SandboxCreateOptions = {}): Promise<Sandbox> {
@@ -231,6 +237,7 @@ export class Sandbox {
     if (opts.volumes !== undefined) body.volumes = opts.volumes;
     if (opts.workdir !== undefined) body.workdir = opts.workdir;
     if (opts.outputPath !== undefined) body.outputPath = opts.outputPath;
+    if (opts.secrets !== undefined) body.secrets = opts.secrets;
     return new Sandbox(api, await api.createSandbox(body));
   }
 
@@ -272,6 +279,19 @@ export class Sandbox {
 
   async kill(): Promise<void> {
     await this.api.killSandbox(this.sandboxId);
+  }
+
+  /**
+   * Freezes every process of the sandbox: it uses no CPU while its memory, files and network
+   * stay; commands and file calls fail (409) until resume(). The lifetime keeps counting.
+   */
+  async pause(): Promise<void> {
+    await this.api.pauseSandbox(this.sandboxId);
+  }
+
+  /** Thaws a paused sandbox. */
+  async resume(): Promise<void> {
+    await this.api.resumeSandbox(this.sandboxId);
   }
 
   getInfo(): Promise<SandboxInfo> {

@@ -49,6 +49,8 @@ export interface CreateSandboxBody {
   /** Where outputs are collected from (default /work/out). */
   outputPath?: string;
   metadata?: Record<string, string>;
+  /** Names of the tenant's secrets: the env gets a placeholder under each, swapped for the value at the egress proxy. */
+  secrets?: string[];
 }
 
 export interface SandboxInfo {

@@ -5,7 +5,8 @@
 import { hasZodFastifySchemaValidationErrors } from 'fastify-type-provider-zod';
 
 export interface ErrorBody {
-  error: { code: string; message: string; field?: string };
+  /** A 429 quota refusal also names the quota, its limit and the use (docs/tenants.md). */
+  error: { code: string; message: string; field?: string; quota?: string; limit?: number; used?: number };
 }
 
 export interface MappedError {
@@ -83,7 +84,12 @@ export function mapError(err: unknown): MappedError {
     const internal = err.status >= 500;
     // An engine 500 may carry host detail in its message; say only that it failed.
     const message = err.code === 'internal' ? 'internal error' : err.message;
-    return { status: err.status, body: body(err.code, message, err.field), internal };
+    const mapped = body(err.code, message, err.field);
+    const details = (err as { details?: Record<string, unknown> }).details;
+    if (details && typeof details.quota === 'string') {
+      Object.assign(mapped.error, { quota: details.quota, limit: Number(details.limit), used: Number(details.used) });
+    }
+    return { status: err.status, body: mapped, internal };
   }
 
   // Fastify's own errors (JSON parse, body limit, media type, …) carry a 4xx statusCode.

@@ -12,9 +12,15 @@ import { eventRoutes } from './routes/events.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { metaRoutes } from './routes/meta.js';
+import { ptyRoutes, registerWebsocket } from './routes/pty.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { volumeRoutes } from './routes/volumes.js';
+import { secretRoutes } from './routes/secrets.js';
 import { templateRoutes } from './routes/templates.js';
+import { tenantRoutes } from './routes/tenants.js';
+import { policyRoutes } from './routes/policies.js';
+import { approvalRoutes } from './routes/approvals.js';
+import type { AuthRateLimitOptions } from './auth-rate-limit.js';
 
 export interface ServerOptions {
   engine: AirlockEngine;
@@ -26,6 +32,8 @@ export interface ServerOptions {
   uploadLimitBytes?: number;
   /** Reported by /healthz and /openapi.json; default this package's version. */
   version?: string;
+  /** Failed authentications allowed per client address (default burst 20, 10 a minute). */
+  authRateLimit?: AuthRateLimitOptions;
 }
 
 export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
@@ -76,7 +84,10 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   // First hook: even a 401 or a 404 carries the id a client can quote.
   app.addHook('onRequest', async (req, reply) => { reply.header('x-request-id', req.id); });
-  registerAuth(app, opts.engine);
+  // Before auth and the routes: its onRequest hook marks upgrade requests (so a refused one's
+  // socket is closed after the answer), and each route added later learns whether it takes upgrades.
+  await registerWebsocket(app);
+  registerAuth(app, opts.engine, opts.authRateLimit);
   app.addHook('preClose', async () => {
     live.stopAll();
     // Streams just ended may still be draining; a client that never reads must not hold close() forever.
@@ -95,11 +106,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   sandboxRoutes(app, opts.engine);
   volumeRoutes(app, opts.engine);
+  secretRoutes(app, opts.engine);
   execRoutes(app, opts.engine, live);
+  ptyRoutes(app, opts.engine, live);
   fileRoutes(app, opts.engine, opts.uploadLimitBytes ?? DEFAULT_UPLOAD_LIMIT_BYTES, live);
   eventRoutes(app, opts.engine, live);
   metaRoutes(app, opts.engine, version);
   templateRoutes(app, opts.engine);
+  tenantRoutes(app, opts.engine);
+  policyRoutes(app, opts.engine);
+  approvalRoutes(app, opts.engine);
   return app;
 }
 

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { parseEgressRule } from '@airlock/engine';
 import { volumeMountInfo, volumeMountInput } from './volume-schemas.js';
+import { sandboxSecretsInput } from './secret-schemas.js';
 
 const MAX_PATH_BYTES = 4096;
 const MAX_ARG_BYTES = 128 * 1024;
@@ -68,6 +69,7 @@ export const createSandboxBody = z.strictObject({
   workdir: absolutePath.optional(),
   outputPath: absolutePath.optional().describe('where GET …/outputs collects from; default /work/out'),
   metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
+  secrets: sandboxSecretsInput.optional(),
 });
 
 export const setTimeoutBody = z.strictObject({
@@ -122,8 +124,13 @@ export const eventsQuery = z.strictObject({
 // the engine may carry leaks; clients must still tolerate fields added later. ----
 
 export const errorBody = z.object({
-  error: z.object({ code: z.string(), message: z.string(), field: z.string().optional() }),
-}).describe('Error: code (bad_request, unauthorized, not_found, conflict, too_large, …), message, field for 400s');
+  error: z.object({
+    code: z.string(), message: z.string(), field: z.string().optional(),
+    quota: z.string().optional().describe('429 quota_exceeded: which quota (maxSandboxes, maxVcpus, …)'),
+    limit: z.number().optional().describe('429 quota_exceeded: the quota\'s limit'),
+    used: z.number().optional().describe('429 quota_exceeded: what is in use (for maxLifetimeSeconds: the lifetime asked)'),
+  }),
+}).describe('Error: code (bad_request, unauthorized, forbidden, not_found, conflict, too_large, policy_denied, approval_required, quota_exceeded, rate_limited, …), message, field for 400s and 422s');
 
 const resources = z.object({ cpus: z.number(), memoryMiB: z.number(), diskMiB: z.number(), pids: z.number() });
 

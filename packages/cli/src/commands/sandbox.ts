@@ -57,6 +57,16 @@ export async function killCommand(id: string, flags: BackendOptions & { json?: b
   });
 }
 
+/** `sandbox pause|resume ID`: prints the id and its new state. */
+export async function pauseCommand(id: string, verb: 'pause' | 'resume', flags: BackendOptions & { json?: boolean }): Promise<number> {
+  return withBackend(flags, async (b) => {
+    const info = verb === 'pause' ? await b.pauseSandbox(id) : await b.resumeSandbox(id);
+    if (flags.json) printJson(info);
+    else process.stdout.write(`${info.id} ${info.state}\n`);
+    return EXIT.ok;
+  });
+}
+
 export interface NetworkFlags extends BackendOptions {
   allowHost?: string[];
   denyHost?: string[];

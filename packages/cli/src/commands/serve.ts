@@ -1,6 +1,7 @@
 /** `airlock serve`: airlockd, the HTTP API, in the foreground. */
-import { unlinkSync, writeFileSync } from 'node:fs';
+import { readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { UsageError } from '../flags.js';
 import { EXIT, warn } from '../output.js';
 
 export interface ServeFlags {
@@ -16,8 +17,44 @@ export interface ServeFlags {
   storageSize?: number;
   netPool?: string;
   blockRange?: string[];
+  /** --secrets-key: where the key that encrypts secrets lives (docs/secrets.md). */
+  secretsKey?: string;
+  /** --min-runtime: the weakest tier any sandbox may use. */
+  minRuntime?: 'container' | 'gvisor' | 'microvm';
+  /** --tenant-min-runtime, tenant → floor. */
+  tenantMinRuntime?: Record<string, 'container' | 'gvisor' | 'microvm'>;
+  /** --default-runtime: the tier of a sandbox that names none (raised to the floor). */
+  defaultRuntime?: 'container' | 'gvisor' | 'microvm';
   /** --max-upload, MiB: the largest file one PUT may write (413 past it). */
   maxUpload?: number;
+  /** --approval-timeout, seconds. */
+  approvalTimeout?: number;
+  /** --approval-webhook URL, and the file holding its HMAC key. */
+  approvalWebhook?: string;
+  approvalWebhookSecretFile?: string;
+}
+
+/** EngineOptions.approvals from the flags; the secret file is read here so a mistake stops serve at once. */
+export function approvalOptions(flags: ServeFlags): { timeoutSeconds?: number; webhookUrl?: string; webhookSecret?: Buffer } {
+  if (flags.approvalWebhook !== undefined) {
+    let u: URL | null = null;
+    try { u = new URL(flags.approvalWebhook); } catch { /* below */ }
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) throw new UsageError(`--approval-webhook must be an http:// or https:// URL, got ${flags.approvalWebhook}`);
+  }
+  let secret: Buffer | undefined;
+  if (flags.approvalWebhookSecretFile !== undefined) {
+    try {
+      secret = Buffer.from(readFileSync(flags.approvalWebhookSecretFile, 'utf8').trim(), 'utf8');
+    } catch (e) {
+      throw new UsageError(`--approval-webhook-secret-file: ${(e as Error).message}`);
+    }
+    if (secret.length === 0) throw new UsageError('--approval-webhook-secret-file: the file is empty');
+  }
+  return {
+    ...(flags.approvalTimeout !== undefined ? { timeoutSeconds: flags.approvalTimeout } : {}),
+    ...(flags.approvalWebhook !== undefined ? { webhookUrl: flags.approvalWebhook } : {}),
+    ...(secret ? { webhookSecret: secret } : {}),
+  };
 }
 
 /**
@@ -39,12 +76,20 @@ export function saveAdminKey(dataDir: string, key: string): string {
 }
 
 export async function serveCommand(flags: ServeFlags): Promise<number> {
+  const approvals = approvalOptions(flags);
   const [{ openEngine }, { startServer }] = await Promise.all([import('../backend-embedded.js'), import('@airlock/server')]);
   const engine = await openEngine({
     dataDir: flags.dataDir,
+    approvals,
     ...(flags.dnsUpstream ? { dnsUpstream: flags.dnsUpstream } : {}),
     mountPolicy: { allowReadWrite: flags.rwMounts !== false, ...(flags.mountAllow ? { allowedHostPrefixes: flags.mountAllow } : {}) },
     ...(flags.storageSize ? { storageSizeGiB: flags.storageSize / 1024 } : {}),
+    ...(flags.secretsKey ? { secretsKeyFile: flags.secretsKey } : {}),
+    runtimePolicy: {
+      ...(flags.minRuntime ? { minimum: flags.minRuntime } : {}),
+      ...(flags.tenantMinRuntime ? { tenants: flags.tenantMinRuntime } : {}),
+      ...(flags.defaultRuntime ? { default: flags.defaultRuntime } : {}),
+    },
     ...(flags.netPool || flags.blockRange ? {
       network: {
         ...(flags.netPool ? { addressPool: flags.netPool } : {}),

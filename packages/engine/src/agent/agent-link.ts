@@ -13,14 +13,16 @@ import net from 'node:net';
 import {
   FrameDecoder, MAX_AGENT_TYPE, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
   decodeError, decodeExit, decodeFileEvent, decodeHello, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
-  decodeWalkEntry, encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeRename, encodeU32s,
+  decodeWalkEntry, encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeRename, encodeResize, encodeU32s,
+  isPtySize,
 } from './protocol.js';
 import type {
-  AgentDirEntry, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry, Frame,
+  AgentDirEntry, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry, Frame, PtySize,
 } from './protocol.js';
 
 export type {
   AgentDirEntry, AgentEventKind, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry,
+  PtySize,
 } from './protocol.js';
 
 /** A request the agent answered with an ERROR frame (errno as in Linux: ENOENT=2, ELOOP=40 …). */
@@ -47,12 +49,23 @@ export interface AgentExecHandle {
   started: Promise<number>;
   /** Rejects with AgentDisconnectedError when the link drops first. */
   done: Promise<AgentExit>;
-  /** Needs `keepStdinOpen`; ignored otherwise, and once the exec ended or the link dropped. */
-  writeStdin(data: Buffer): void;
-  /** EOF after what was written. */
+  /**
+   * Needs `keepStdinOpen` or `pty`; ignored otherwise, and once the exec ended or the link
+   * dropped. For a pty, input is dropped (false) while the link's send buffer is over 4 MiB:
+   * a terminal's keystrokes must not grow memory without bound.
+   */
+  writeStdin(data: Buffer): boolean;
+  /** EOF after what was written (for a pty: the agent closes its input side; the terminal stays). */
   closeStdin(): void;
   /** Signals the exec's whole process group (1..64). */
   signal(signo: number): void;
+  /** A pty's new size (1..1000 each; RangeError otherwise); ignored for other execs. */
+  resize(size: PtySize): void;
+  /**
+   * Flow control for this exec alone: while held, the agent stops reading its output, so a
+   * writer blocks in the sandbox instead of this side buffering, and other channels flow on.
+   */
+  holdOutput(held: boolean): void;
 }
 
 /** A running FWATCH. */
@@ -90,6 +103,8 @@ const WRITE_CHUNK = 256 * 1024;
 const STREAM_HIGH_WATER = 8 * 1024 * 1024;
 const STREAM_LOW_WATER = 1024 * 1024;
 const PATH_MAX_BYTES = 4095;
+/** A pty's keystrokes are dropped while this much waits to be sent to the agent. */
+const PTY_STDIN_BACKLOG = 4 * 1024 * 1024;
 
 interface ChannelHandler {
   onFrame(f: Frame): void;
@@ -131,6 +146,8 @@ function execSpecProblem(spec: AgentExecSpec): string | null {
   if (!noNul(spec.cwd) || !spec.cwd.startsWith('/')) return 'cwd must be an absolute path';
   if (!isU32(spec.uid) || !isU32(spec.gid)) return 'uid and gid must be u32';
   if (!isU32(spec.timeoutMs)) return 'timeoutMs must be an integer from 0 to 2^32-1';
+  if (spec.pty !== undefined && !isPtySize(spec.pty)) return 'pty rows and cols must be integers from 1 to 1000';
+  if (spec.pty && spec.background) return 'a pty exec cannot run in the background';
   return null;
 }
 
@@ -139,7 +156,7 @@ function rejectedHandle(err: Error): AgentExecHandle {
   const done = Promise.reject<AgentExit>(err);
   started.catch(noop);
   done.catch(noop);
-  return { channel: 0, started, done, writeStdin: noop, closeStdin: noop, signal: noop };
+  return { channel: 0, started, done, writeStdin: () => false, closeStdin: noop, signal: noop, resize: noop, holdOutput: noop };
 }
 
 /** Events: 'connected' (an authenticated agent), 'disconnected' (err: AgentDisconnectedError). */
@@ -157,14 +174,19 @@ export class AgentLink extends EventEmitter {
     readonly socketPath: string,
     private readonly token: Buffer,
     private readonly server: net.Server,
+    private readonly helloTimeoutMs: number,
   ) {
     super();
     server.on('connection', (s) => this.onConnection(s));
     server.on('error', noop); // accept() failures (EMFILE …) must not crash the daemon
   }
 
-  /** Listens on `socketPath` (a stale socket there is replaced; anything else is an error). */
-  static async listen(socketPath: string, token: string): Promise<AgentLink> {
+  /**
+   * Listens on `socketPath` (a stale socket there is replaced; anything else is an error).
+   * `helloTimeoutMs`: how long a connection may stay silent before its HELLO (default 2 s; a
+   * microVM's QEMU connects at launch, long before the guest's agent speaks).
+   */
+  static async listen(socketPath: string, token: string, opts: { helloTimeoutMs?: number } = {}): Promise<AgentLink> {
     if (typeof token !== 'string' || token === '' || token.includes('\0') || Buffer.byteLength(token) > 1024) {
       throw new Error('agent token must be 1..1024 bytes without NUL');
     }
@@ -179,7 +201,7 @@ export class AgentLink extends EventEmitter {
       await fsp.unlink(socketPath);
     }
     const server = net.createServer();
-    const link = new AgentLink(socketPath, Buffer.from(token, 'utf8'), server);
+    const link = new AgentLink(socketPath, Buffer.from(token, 'utf8'), server, opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => {
@@ -227,7 +249,7 @@ export class AgentLink extends EventEmitter {
     }
     this.pending.add(sock);
     const decoder = new FrameDecoder(PRE_AUTH_MAX_PAYLOAD);
-    const timer = setTimeout(() => sock.destroy(), HELLO_TIMEOUT_MS);
+    const timer = setTimeout(() => sock.destroy(), this.helloTimeoutMs);
     const onPreAuthData = (chunk: Buffer): void => {
       let frames: Frame[];
       try {
@@ -432,7 +454,8 @@ export class AgentLink extends EventEmitter {
 
     let isStarted = false;
     let finished = false;
-    let stdinOpen = spec.keepStdinOpen && !spec.background;
+    let stdinOpen = (spec.keepStdinOpen || spec.pty !== undefined) && !spec.background;
+    let held = false;
     const channel = this.allocChannel();
     const fail = (err: Error): void => {
       finished = true;
@@ -484,10 +507,12 @@ export class AgentLink extends EventEmitter {
       started,
       done,
       writeStdin: (data: Buffer) => {
-        if (!stdinOpen || !live() || data.length === 0) return;
+        if (!stdinOpen || !live()) return false;
+        if (spec.pty && sock.writableLength > PTY_STDIN_BACKLOG) return false;
         for (let off = 0; off < data.length; off += MAX_PAYLOAD) {
           this.writeFrame(sock, MsgType.STDIN, channel, data.subarray(off, off + MAX_PAYLOAD));
         }
+        return true;
       },
       closeStdin: () => {
         if (!stdinOpen) return;
@@ -497,6 +522,16 @@ export class AgentLink extends EventEmitter {
       signal: (signo: number) => {
         if (!Number.isInteger(signo) || signo < 1 || signo > 64) throw new RangeError(`bad signal ${signo}`);
         if (live()) this.writeFrame(sock, MsgType.SIGNAL, channel, encodeU32s(signo));
+      },
+      resize: (size: PtySize) => {
+        const payload = encodeResize(size); // throws RangeError on a bad size
+        // A resize storm at a stalled agent is dropped like input: only the last size matters anyway.
+        if (spec.pty && live() && sock.writableLength <= PTY_STDIN_BACKLOG) this.writeFrame(sock, MsgType.RESIZE, channel, payload);
+      },
+      holdOutput: (hold: boolean) => {
+        if (hold === held || !live()) return;
+        held = hold;
+        this.writeFrame(sock, MsgType.FLOW, channel, encodeU32s(hold ? 1 : 0));
       },
     };
   }

@@ -22,6 +22,8 @@ export const MsgType = {
   KILLPID: 5,
   PING: 6,
   CANCEL: 7,
+  RESIZE: 8,
+  FLOW: 9,
   FREAD: 10,
   FWRITE_BEGIN: 11,
   FWRITE_DATA: 12,
@@ -51,8 +53,12 @@ export const MsgType = {
 /** Highest frame type the agent may send. */
 export const MAX_AGENT_TYPE = MsgType.FEVENT;
 
-export const ExecFlags = { KEEP_STDIN: 1, BACKGROUND: 2 } as const;
+export const ExecFlags = { KEEP_STDIN: 1, BACKGROUND: 2, PTY: 4 } as const;
+/** Terminal sizes either side accepts (rows and cols each). */
+export const PTY_MIN_SIZE = 1;
+export const PTY_MAX_SIZE = 1000;
 export const EXIT_TIMED_OUT = 1;
+export const EXIT_OOM_KILLED = 2;
 
 export interface Frame {
   type: number;
@@ -107,6 +113,13 @@ export interface AgentExecSpec {
   timeoutMs: number;
   keepStdinOpen: boolean;
   background: boolean;
+  /** Run on a new pseudo-terminal of this size (stdin stays open; no stderr of its own). */
+  pty?: PtySize;
+}
+
+export interface PtySize {
+  rows: number;
+  cols: number;
 }
 
 export interface AgentExit {
@@ -114,6 +127,8 @@ export interface AgentExit {
   code: number;
   signal: number;
   timedOut: boolean;
+  /** microvm only: SIGKILLed while the guest kernel's OOM killer ran (the host cannot see it). */
+  oomKilled?: boolean;
 }
 
 /** The peer broke the protocol; the connection must be dropped. */
@@ -147,13 +162,21 @@ export function encodeFrame(type: number, channel: number, payload?: Buffer): Bu
   return f;
 }
 
-/** Writes u32s and NUL-terminated strings into one exactly-sized buffer. */
+/** Writes u32s, u16s and NUL-terminated strings into one exactly-sized buffer. */
 class PayloadWriter {
-  private readonly parts: (number | Buffer)[] = [];
+  /** number: a u32; Buffer: a string's bytes (NUL added); raw: bytes as they are. */
+  private readonly parts: (number | Buffer | { raw: Buffer })[] = [];
   private size = 0;
   u32(v: number): this {
     this.parts.push(v >>> 0);
     this.size += 4;
+    return this;
+  }
+  u16(v: number): this {
+    const raw = Buffer.allocUnsafe(2);
+    raw.writeUInt16BE(v & 0xffff, 0);
+    this.parts.push({ raw });
+    this.size += 2;
     return this;
   }
   str(s: string): this {
@@ -172,6 +195,9 @@ class PayloadWriter {
       if (typeof p === 'number') {
         out.writeUInt32BE(p, o);
         o += 4;
+      } else if (!Buffer.isBuffer(p)) {
+        p.raw.copy(out, o);
+        o += p.raw.length;
       } else {
         p.copy(out, o);
         o += p.length;
@@ -182,15 +208,34 @@ class PayloadWriter {
   }
 }
 
+export function isPtySize(s: unknown): s is PtySize {
+  const ok = (n: unknown) => Number.isInteger(n) && (n as number) >= PTY_MIN_SIZE && (n as number) <= PTY_MAX_SIZE;
+  return typeof s === 'object' && s !== null && ok((s as PtySize).rows) && ok((s as PtySize).cols);
+}
+
 export function encodeExec(spec: AgentExecSpec): Buffer {
-  const flags = (spec.keepStdinOpen ? ExecFlags.KEEP_STDIN : 0) | (spec.background ? ExecFlags.BACKGROUND : 0);
+  const flags = (spec.keepStdinOpen ? ExecFlags.KEEP_STDIN : 0) | (spec.background ? ExecFlags.BACKGROUND : 0)
+    | (spec.pty ? ExecFlags.PTY : 0);
   const w = new PayloadWriter().u32(flags).u32(spec.uid).u32(spec.gid).u32(spec.timeoutMs).str(spec.cwd);
   w.u32(spec.argv.length);
   for (const a of spec.argv) w.str(a);
   w.u32(spec.env.length);
   for (const e of spec.env) w.str(e);
+  if (spec.pty) {
+    if (!isPtySize(spec.pty)) throw new RangeError(`pty rows and cols must be integers from ${PTY_MIN_SIZE} to ${PTY_MAX_SIZE}`);
+    w.u16(spec.pty.rows).u16(spec.pty.cols);
+  }
   if (w.length > MAX_PAYLOAD) throw new RangeError('exec request exceeds 1 MiB (argv + env too large)');
   return w.finish();
+}
+
+/** RESIZE: `u16 rows, u16 cols`. */
+export function encodeResize(size: PtySize): Buffer {
+  if (!isPtySize(size)) throw new RangeError(`pty rows and cols must be integers from ${PTY_MIN_SIZE} to ${PTY_MAX_SIZE}`);
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt16BE(size.rows, 0);
+  b.writeUInt16BE(size.cols, 2);
+  return b;
 }
 
 export function encodeU32s(...values: number[]): Buffer {
@@ -374,7 +419,9 @@ export function decodeExit(payload: Buffer): AgentExit {
   const flags = r.u32();
   r.end();
   if (code < -1 || code > 255 || signal > 64) throw new ProtocolError(`EXIT: bad status ${code}/${signal}`);
-  return { code, signal, timedOut: (flags & EXIT_TIMED_OUT) !== 0 };
+  const exit: AgentExit = { code, signal, timedOut: (flags & EXIT_TIMED_OUT) !== 0 };
+  if ((flags & EXIT_OOM_KILLED) !== 0 && signal === 9) exit.oomKilled = true;
+  return exit;
 }
 
 const MAX_ERROR_MESSAGE = 1024;

@@ -26,6 +26,11 @@ export interface SandboxDnsServerOptions {
   rateLimit?: { perSecond: number; burst: number };
   /** Idle TCP connections are closed after this long; default TCP_IDLE_MS. */
   tcpIdleMs?: number;
+  /**
+   * A name the policy does not allow (nor deny): null to refuse it now, else the decision of
+   * an approval (approvals.egressOutsideAllowlist: ask). The question is held for a while.
+   */
+  askName?: (name: string) => Promise<{ approved: boolean; reason?: string }> | null;
 }
 
 export interface SandboxDnsServerStats {
@@ -56,10 +61,18 @@ const MAX_ANSWERS = 64;
 const HEADER = 12;
 const FLOOD_REPORT_MS = 1_000;
 const EVENT_NAME_MAX = 255;
+/**
+ * How long a question waits for an approval before SERVFAIL ("try again"): a little longer than
+ * the 2 s x 2 attempts resolv.conf gives clients, whose retries join the same request.
+ */
+export const APPROVAL_HOLD_MS = 5_000;
+/** Questions held for approvals at once; more are answered SERVFAIL at once. */
+const MAX_HELD = 64;
 
 const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
 type Rcode = keyof typeof RCODE;
 const QTYPE_A = 1;
+const QTYPE_AAAA = 28;
 const QCLASS_IN = 1;
 
 interface Reply {
@@ -133,6 +146,7 @@ export class SandboxDnsServer {
   /** Rate-limited queries not yet reported, and the timer that will report them. */
   private dropped = 0;
   private floodTimer: NodeJS.Timeout | null = null;
+  private held = 0;
 
   constructor(private readonly o: SandboxDnsServerOptions) {
     this.limiter = new QueryRateLimiter(o.rateLimit ?? {});
@@ -307,8 +321,10 @@ export class SandboxDnsServer {
     const qtype = decoded?.type ?? (wire ? `TYPE${wire.qtype}` : '');
     const rawName = wire?.name ?? decoded?.name ?? '';
     const name = rawName.toLowerCase().replace(/\.$/, '');
+    let approval: string | undefined;
     const event = (verdict: DnsVerdict, rcode: Rcode, answers: string[] = []): void => {
       const data: Record<string, unknown> = { name: name.slice(0, EVENT_NAME_MAX), qtype, verdict, rcode, answers };
+      if (approval !== undefined) data.approval = approval;
       const f: string[] = rawName ? exfilFlags(rawName) : [];
       if (f.length > 0) data.flags = f;
       this.emit(data);
@@ -323,7 +339,15 @@ export class SandboxDnsServer {
       return { ...reply, rcode: 'NXDOMAIN' };
     }
 
-    const verdict = this.o.policy().checkName(name, null);
+    let verdict = this.o.policy().checkName(name, null);
+    // Only what an approval could allow: an address question for a dotted name (never
+    // "localhost", "wpad", search-domain noise or TXT/MX questions, which would only page a person).
+    if (verdict === 'not-allowed' && this.o.askName && (wire.qtype === QTYPE_A || wire.qtype === QTYPE_AAAA) && name.includes('.')) {
+      const asked = await this.holdForApproval(name);
+      if (asked === 'pending') { event('not-allowed', 'SERVFAIL'); return { ...reply, rcode: 'SERVFAIL' }; }
+      if (asked !== 'not-asked') approval = asked;
+      verdict = this.o.policy().checkName(name, null); // approved: the host is on the allowlist now
+    }
     if (verdict !== 'allow') {
       this.stats.refusedNames++;
       event(verdict, 'NXDOMAIN');
@@ -343,6 +367,28 @@ export class SandboxDnsServer {
     for (const ip of addresses) answers.push({ type: 'A', class: 'IN', name: chain[chain.length - 1]!, ttl: res.ttl, data: ip });
     event('allow', 'NOERROR', addresses);
     return { ...reply, answers };
+  }
+
+  /** 'approved', why not ('denied', 'expired', 'pending-limit', …), or 'pending' when still undecided after the hold. */
+  private async holdForApproval(name: string): Promise<string> {
+    let asked: Promise<{ approved: boolean; reason?: string }> | null;
+    try {
+      asked = this.o.askName!(name);
+    } catch {
+      asked = null;
+    }
+    if (asked === null) return 'not-asked';
+    if (this.held >= MAX_HELD) return 'pending';
+    this.held++;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const hold = new Promise<'pending'>((resolve) => { timer = setTimeout(() => resolve('pending'), APPROVAL_HOLD_MS); });
+      const r = await Promise.race([asked.then((a) => (a.approved ? 'approved' : a.reason ?? 'denied'), () => 'error'), hold]);
+      return this.closed ? 'closed' : r;
+    } finally {
+      clearTimeout(timer);
+      this.held--;
+    }
   }
 
   private emit(data: Record<string, unknown>): void {

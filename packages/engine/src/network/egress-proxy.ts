@@ -1,11 +1,12 @@
 import net, { isIPv4 } from 'node:net';
 import type { Handoff, RelayResult } from './splice-relay.js';
 import { embeddedIPv4, type BlockedAddresses } from './blocked-addresses.js';
-import { normalizeName, type EgressPolicy } from './egress-policy.js';
+import { normalizeName, type EgressPolicy, type NameVerdict } from './egress-policy.js';
 import {
   parseAbsoluteTarget, parseAuthority, parseRequestHead, singleHeader, type RequestHead,
 } from './http-request-head.js';
 import { looksLikeTls, MAX_CLIENT_HELLO_LENGTH, MAX_CLIENT_HELLO_RECORDS, parseClientHello } from './tls-client-hello.js';
+import type { EgressBroker } from './tls-terminate.js';
 
 /**
  * The egress proxy every sandbox TCP connection is TPROXY'd to. It learns where the sandbox
@@ -35,10 +36,20 @@ export interface EgressProxyOptions {
   /** Default 512. */
   maxConnectionsPerSandbox?: number;
   /**
+   * A name the sandbox's policy does not allow (nor deny): null to refuse it now, else the
+   * decision of an approval (approvals.egressOutsideAllowlist: ask); the connection waits.
+   */
+  askEgress?(sandboxId: string, name: string, port: number): Promise<{ approved: boolean; reason?: string }> | null;
+  /**
    * Relays an allowed, connected pair in the kernel (splice-relay.ts); null or absent: Node
    * pipes the bytes itself. Asked per connection, so a restarted relay is picked up.
    */
   relay?: () => ConnectionRelay | null;
+  /**
+   * The secret broker (secrets/secret-broker.ts): connections to a sandbox's secret hosts go to
+   * it instead of being relayed, and plaintext to other hosts is watched for placeholders.
+   */
+  broker?: EgressBroker;
   /* The per-sandbox bandwidth cap is tc's job on the sandbox link, not this proxy's. */
 }
 
@@ -48,7 +59,7 @@ export interface ConnectionRelay {
 
 export type ConnectMode = 'transparent' | 'explicit' | 'cidr';
 type Verdict = 'allow' | 'deny' | 'not-allowed' | 'refused' | 'cut';
-type State = 'sniffing' | 'resolving' | 'dialling' | 'open' | 'done';
+type State = 'sniffing' | 'approving' | 'resolving' | 'dialling' | 'open' | 'done';
 
 /** What a connection was allowed to reach; `name` is null when an address rule allowed it. */
 interface Target { name: string | null; address: string; port: number }
@@ -76,6 +87,10 @@ interface Conn {
   nodeBytes: RelayResult | null;
   /** The proxy's own answer to the client (explicit CONNECT), not counted as bytes in. */
   replyBytes: number;
+  /** Set when the broker takes this connection over once connected ('tls': terminate TLS; 'http': plain HTTP). */
+  brokered: 'tls' | 'http' | null;
+  /** Sees every byte the client sends (placeholder watch); such a connection stays in Node. */
+  inspect: ((chunk: Buffer) => void) | null;
 }
 
 /** A decision not to connect: becomes the event and, in explicit mode, the HTTP answer. */
@@ -182,7 +197,8 @@ export class EgressProxy {
     if (!conns) return 0;
     let cut = 0;
     for (const c of [...conns]) {
-      if (c.state === 'sniffing' || c.state === 'done' || this.stillAllowed(c)) continue;
+      // Waiting for an approval: it decides against the policy as it is once decided.
+      if (c.state === 'sniffing' || c.state === 'approving' || c.state === 'done' || this.stillAllowed(c)) continue;
       this.finish(c, 'cut', { reason: 'policy-changed' }, 'reset');
       cut++;
     }
@@ -236,7 +252,7 @@ export class EgressProxy {
     const c: Conn = conn = {
       sandbox, client, upstream: null, dst, mode: explicit ? 'explicit' : 'transparent', state: 'sniffing',
       name: null, port: dst.port, address: null, startedAt: Date.now(), timer: null, clientClosed: false, upstreamClosed: false,
-      handoff: null, nodeBytes: null, replyBytes: 0,
+      handoff: null, nodeBytes: null, replyBytes: 0, brokered: null, inspect: null,
     };
     this.sockets.add(client);
     client.on('close', () => {
@@ -286,6 +302,7 @@ export class EgressProxy {
       throw addressRefusal ?? new Refusal('refused', sniffed.reason, sniffed.detail ? { detail: sniffed.detail } : {});
     }
     const target = await this.decide(conn, sniffed.name, dst.port);
+    this.brokerOrWatch(conn, target, looksLikeTls(sniffed.data) ? 'tls' : 'http');
     return this.dial(conn, target, sniffed.data);
   }
 
@@ -301,12 +318,14 @@ export class EgressProxy {
       if (!a.ok) throw new Refusal('refused', a.reason === 'ipv6' ? 'ipv6' : 'bad-request', { detail: head.target });
       if (a.port === null) throw new Refusal('refused', 'bad-request', { detail: 'CONNECT needs host:port' });
       const target = await this.decide(conn, a.host, a.port);
+      this.brokerOrWatch(conn, target, 'tls');
       return this.dial(conn, target, rest, Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1'));
     }
     const t = parseAbsoluteTarget(head.target);
     if (!t.ok) throw new Refusal('refused', t.reason === 'ipv6' ? 'ipv6' : 'bad-request', { detail: 'needs CONNECT or an absolute http:// target' });
     if (t.scheme !== 'http') throw new Refusal('refused', 'bad-request', { detail: 'use CONNECT for https' });
     const target = await this.decide(conn, t.host, t.port);
+    this.brokerOrWatch(conn, target, 'http');
     return this.dial(conn, target, Buffer.concat([originFormHead(head, t.path, t.authority), rest]));
   }
 
@@ -375,7 +394,8 @@ export class EgressProxy {
       return { name: null, address: name, port };
     }
     conn.name = name;
-    const verdict = policy.checkName(name, port);
+    let verdict = policy.checkName(name, port);
+    if (verdict === 'not-allowed') verdict = await this.askApproval(conn, name, port);
     if (verdict !== 'allow') throw new Refusal(verdict, verdict === 'deny' ? 'deny-rule' : 'not-on-allowlist', { name });
     const answer = await this.resolve(name);
     if (conn.state !== 'resolving') throw new Refusal('refused', 'closed'); // cut or closed meanwhile: already reported
@@ -393,6 +413,18 @@ export class EgressProxy {
       first ??= refusal;
     }
     throw first!;
+  }
+
+  /** Holds the connection while a person decides; the policy as it is then answers. */
+  private async askApproval(conn: Conn, name: string, port: number): Promise<NameVerdict> {
+    const asked = this.o.askEgress?.(conn.sandbox.sandboxId, name, port) ?? null;
+    if (asked === null) return 'not-allowed';
+    conn.state = 'approving';
+    const answer = await asked.catch(() => ({ approved: false, reason: 'error' }));
+    if (conn.state !== 'approving') throw new Refusal('refused', 'closed'); // closed or cut meanwhile: already reported
+    conn.state = 'resolving';
+    if (!answer.approved) throw new Refusal('not-allowed', 'not-on-allowlist', { name, approval: answer.reason ?? 'denied' });
+    return conn.sandbox.policy().checkName(name, port);
   }
 
   private async resolve(name: string): Promise<{ rcode: string; addresses: string[] }> {
@@ -467,8 +499,33 @@ export class EgressProxy {
     });
   }
 
+  /**
+   * A sandbox's secret host: the broker will take the connection. Plaintext anywhere else, for
+   * a sandbox with secrets: watched for placeholders (TLS to other hosts cannot be seen into).
+   */
+  private brokerOrWatch(conn: Conn, target: Target, proto: 'tls' | 'http'): void {
+    const broker = this.o.broker;
+    if (!broker || target.name === null) return;
+    if (broker.brokers(conn.sandbox.sandboxId, target.name)) conn.brokered = proto;
+    else if (proto === 'http') conn.inspect = broker.inspector(conn.sandbox.sandboxId, { host: target.name, port: target.port });
+  }
+
   private relay(conn: Conn, upstream: net.Socket, head: Buffer, reply: Buffer | undefined): void {
     const { client } = conn;
+    if (conn.brokered && this.o.broker) {
+      // The broker owns both sockets from here; its Handoff says when the connection is over.
+      const h = this.o.broker.take({
+        sandboxId: conn.sandbox.sandboxId, host: conn.name!, port: conn.port, client, upstream, head, reply, tls: conn.brokered === 'tls',
+      });
+      conn.handoff = h;
+      h.done.then((r) => this.finishRelayed(conn, 'allow', { brokered: true }, r), () => this.finishRelayed(conn, 'allow', { brokered: true, closedBy: 'broker-failed' }, null));
+      return;
+    }
+    if (conn.inspect) {
+      const inspect = conn.inspect;
+      if (head.length > 0) inspect(head);
+      client.on('data', inspect);
+    }
     if (reply) client.write(reply);
     if (head.length > 0) upstream.write(head);
     conn.replyBytes = reply?.length ?? 0;
@@ -487,7 +544,8 @@ export class EgressProxy {
     upstream.pipe(client);
     if (client.readableEnded) upstream.end(); // the client half-closed while we were deciding
     else client.pipe(upstream);
-    if (!this.o.relay) return;
+    // A watched connection stays in Node: the kernel relay would take its bytes out of sight.
+    if (!this.o.relay || conn.inspect) return;
     const watch = (): void => {
       if (conn.state !== 'open' || conn.handoff) return;
       if (upstream.bytesRead + client.bytesRead < RELAY_AFTER_BYTES) return;

@@ -9,6 +9,7 @@ import { SandboxDnsServer } from './dns-server.js';
 import { EgressPolicy } from './egress-policy.js';
 import { EgressProxy } from './egress-proxy.js';
 import { SpliceRelay } from './splice-relay.js';
+import type { EgressBroker } from './tls-terminate.js';
 import {
   applySandboxRules, createLink, DEFAULT_FWMARK, NETNS_DIR, netnsName, DEFAULT_ROUTE_TABLE, ensureBaseRules, hostInterfaces, namedNamespaces,
   removeBaseRulesIfUnused, removeLink, removeSandboxRules, sandboxChains, setBandwidth,
@@ -40,6 +41,13 @@ export interface NetworkManagerOptions {
   fwmark?: number;
   routeTable?: number;
   onEvent(sandboxId: string, type: NetEventType, data: Record<string, unknown>): void;
+  /**
+   * A name a sandbox's policy neither allows nor denies (a DNS question, port null, or a proxied
+   * connection): null to refuse it now, else the approval's decision (docs/approvals.md).
+   */
+  askEgress?(sandboxId: string, host: string, port: number | null): Promise<{ approved: boolean; reason?: string }> | null;
+  /** The secret broker: takes connections to sandboxes' secret hosts (secrets/secret-broker.ts). */
+  broker?: EgressBroker;
   log?(level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>): void;
 }
 
@@ -129,6 +137,7 @@ export class NetworkManager {
       policy: () => this.sandboxes.get(id)?.policy ?? policy,
       upstream: this.upstream,
       onEvent: (sid, type, data) => this.o.onEvent(sid, type, data),
+      ...(this.o.askEgress ? { askName: (name: string) => this.o.askEgress!(id, name, null) } : {}),
     });
     const net: SandboxNet = { id, lease, policy, dns };
     try {
@@ -162,6 +171,7 @@ export class NetworkManager {
       policy: () => this.sandboxes.get(id)?.policy ?? policy,
       upstream: this.upstream,
       onEvent: (sid, type, data) => this.o.onEvent(sid, type, data),
+      ...(this.o.askEgress ? { askName: (name: string) => this.o.askEgress!(id, name, null) } : {}),
     });
     await withFileLock(HOST_LOCK, async () => {
       await ensureBaseRules(this.routing);
@@ -264,6 +274,8 @@ export class NetworkManager {
         onEvent: (sid, type, data) => this.o.onEvent(sid, type, data),
         explicitProxyPort: this.explicitProxyPort,
         relay: () => this.relay,
+        ...(this.o.askEgress ? { askEgress: (sid: string, name: string, port: number) => this.o.askEgress!(sid, name, port) } : {}),
+        ...(this.o.broker ? { broker: this.o.broker } : {}),
       });
       const port = await proxy.listen('127.0.0.1', 0);
       try {

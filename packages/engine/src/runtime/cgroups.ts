@@ -88,7 +88,33 @@ function killAndRemove(dir: string): void {
       pids = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean).map(Number);
     } catch { /* gone */ }
     for (const pid of pids) { try { process.kill(pid, 'SIGKILL'); } catch { /* raced */ } }
+    // A v1 freezer holds a SIGKILLed task frozen until thawed (a paused sandbox).
+    if (pids.length > 0) thawDir(dir);
     try { rmdirSync(dir); return; } catch { /* busy: processes still dying */ }
     Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+  }
+}
+
+function thawDir(dir: string): void {
+  try { writeFileSync(join(dir, 'cgroup.freeze'), '0'); } catch { /* not a v2 directory */ }
+  try { writeFileSync(join(dir, 'freezer.state'), 'THAWED'); } catch { /* not the v1 freezer */ }
+}
+
+/**
+ * Thaws a frozen (paused) sandbox's cgroup, so a SIGKILL already sent takes effect: cgroup v1's
+ * freezer keeps killed tasks frozen. Harmless on a cgroup that is not frozen or is gone.
+ */
+export function thawCgroup(cgroupsPath: string): void {
+  if (cgroupMode() === 'v2') thawDir(cgroupDir('', cgroupsPath));
+  else thawDir(cgroupDir('freezer', cgroupsPath));
+}
+
+/** Whether the sandbox's cgroup is frozen (or freezing). */
+export function cgroupFrozen(cgroupsPath: string): boolean {
+  try {
+    if (cgroupMode() === 'v2') return readFileSync(join(cgroupDir('', cgroupsPath), 'cgroup.freeze'), 'utf8').trim() === '1';
+    return readFileSync(join(cgroupDir('freezer', cgroupsPath), 'freezer.state'), 'utf8').trim() !== 'THAWED';
+  } catch {
+    return false;
   }
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { AGENT_PATH_IN_SANDBOX, CONTROL_DIR_IN_SANDBOX, HOST_SOCKET_NAME, SANDBOX_ID_BASE, SANDBOX_ID_SIZE } from '../constants.js';
 import { fsUsage, type DiskUsage } from '../storage/disk-watch.js';
 import { run } from '../util/run.js';
-import { oomKills, pidsMaxHits, removeCgroup } from './cgroups.js';
+import { oomKills, pidsMaxHits, removeCgroup, thawCgroup } from './cgroups.js';
 import type { RuntimeName } from '../types.js';
 import type { DriverStatus, LimitCounters, RuntimeDriver, SandboxLaunch } from './driver.js';
 import { buildOciSpec } from './oci-spec.js';
@@ -24,6 +24,7 @@ export class ContainerDriver implements RuntimeDriver {
   private readonly rootfsHelper: string;
   /** runc processes still finishing a start, by sandbox id. */
   protected readonly starting = new Map<string, Promise<void>>();
+  readonly oomSeenAsExit: boolean = false;
 
   constructor(protected readonly dataDir: string, agentBinary: string, protected readonly runtimeBinary = 'runc', stateDirName = 'runc') {
     this.stateRoot = join(dataDir, stateDirName);
@@ -162,6 +163,25 @@ export class ContainerDriver implements RuntimeDriver {
     }
   }
 
+  async pause(id: string): Promise<void> {
+    await this.starting.get(id);
+    await this.pauseOrResume('pause', id);
+  }
+
+  async resume(id: string): Promise<void> {
+    await this.starting.get(id);
+    await this.pauseOrResume('resume', id);
+  }
+
+  /** `runc pause|resume` (runsc takes the same verbs): idempotent, so a repeat is not an error. */
+  protected async pauseOrResume(verb: 'pause' | 'resume', id: string): Promise<void> {
+    const r = await run(this.runtimeBinary, [...this.runtimeArgs(), verb, id], { allowFailure: true, timeoutMs: 30_000 });
+    if (r.code === 0) return;
+    const status = await this.status(id);
+    if (status === (verb === 'pause' ? 'paused' : 'running')) return;
+    throw new Error(`${this.runtimeBinary} ${verb} ${id} failed: ${r.stderr.trim().slice(0, 500) || `exit ${r.code}`}`);
+  }
+
   async list(): Promise<string[]> {
     // runc keeps one directory per container under --root; reading it spares a process start
     // on every engine open (the CLI's embedded mode opens an engine per command).
@@ -201,6 +221,8 @@ export async function killInitProcess(pidFile: string, cgroupsPath: string): Pro
   } catch {
     return true; // already gone
   }
+  thawCgroup(cgroupsPath); // a paused sandbox: the kill lands once thawed
+
   const deadline = Date.now() + 5000;
   while (Date.now() < deadline) {
     try {

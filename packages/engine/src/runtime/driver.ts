@@ -61,11 +61,29 @@ export interface RuntimeDriver {
    * once, like runsc); false when the engine plumbs the namespace of the running sandbox.
    */
   readonly networkBeforeStart: boolean;
+  /**
+   * True when a process the host's OOM killer ended reaches the agent as a plain failed exit
+   * rather than SIGKILL (gVisor: the kill lands on the sentry's address-space stub, and the sentry
+   * ends the task itself); the engine then reads the cgroup's OOM counter to tell.
+   */
+  readonly oomSeenAsExit: boolean;
+  /**
+   * How long a connection to the agent socket may wait for the agent's HELLO; absent: the link's
+   * default (2 s). A runtime whose own process dials in before the agent runs sets it longer.
+   */
+  readonly agentHelloTimeoutMs?: number;
   /** Creates and starts the sandbox with the agent as PID 1. Cleans up after itself on failure. */
   start(launch: SandboxLaunch): Promise<void>;
   /** Kills every process and frees every host object. Idempotent, tolerant of partial state. */
   destroy(id: string): Promise<void>;
   status(id: string): Promise<DriverStatus>;
+  /**
+   * Freezes every process of the sandbox (cgroup freezer, runsc pause, QEMU stop) so it uses no
+   * CPU until resume(); its memory, files and network objects stay. Idempotent.
+   */
+  pause(id: string): Promise<void>;
+  /** Thaws a paused sandbox. Idempotent. */
+  resume(id: string): Promise<void>;
   /**
    * A host pid inside the sandbox's network namespace, for the network layer to name and plumb
    * it (null when the sandbox is gone).

@@ -25,6 +25,7 @@ const SENTRY_THREADS_HEADROOM = 128;
 export class GvisorDriver extends ContainerDriver {
   override readonly name: RuntimeName = 'gvisor';
   override readonly networkBeforeStart = true;
+  override readonly oomSeenAsExit = true;
   /**
    * `runsc delete --force` takes ~1.7 s here. The sandbox process (the sentry, pid file) holds
    * every sandbox task; killing it and its gofer ends the sandbox, and runsc's state is three

@@ -55,6 +55,7 @@ export const sandboxSpecInputSchema = z.object({
   workdir: absolutePath.optional(),
   outputPath: absolutePath.optional(),
   metadata: z.record(z.string().min(1).max(128), z.string().max(1024)).optional(),
+  secrets: z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'must be a secret name')).max(32).optional(),
 }).strict();
 
 /** Zod's first issue as "field.path: message", the form every 400 uses. */
@@ -90,6 +91,7 @@ export function parseSpec(input: unknown): SandboxSpec {
     workdir: i.workdir ?? '/work',
     outputPath: i.outputPath ?? DEFAULT_OUTPUT_PATH,
     metadata,
+    ...(i.secrets?.length ? { secrets: [...new Set(i.secrets)] } : {}),
   };
 }
 

@@ -21,8 +21,8 @@ export interface DenialDetail {
 }
 
 /** A 422 that carries what the audit event records. */
-export class PolicyDeniedError extends AirlockError {
-  constructor(message: string, readonly detail: DenialDetail) {
+export class PolicyDeniedError<D extends { field: string } = DenialDetail> extends AirlockError {
+  constructor(message: string, readonly detail: D) {
     super('policy_denied', message, detail.field);
   }
 }

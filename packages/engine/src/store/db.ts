@@ -53,6 +53,58 @@ const MIGRATIONS: string[] = [
      created_at INTEGER NOT NULL,
      UNIQUE (tenant, name)
    );`,
+  // 3: tenants, versioned policies (tenant '*' = the server default), scoped and revocable keys.
+  `CREATE TABLE tenants (
+     name TEXT PRIMARY KEY,
+     created_at INTEGER NOT NULL,
+     deleted_at INTEGER
+   );
+   INSERT INTO tenants (name, created_at) VALUES ('default', CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+   CREATE TABLE policies (
+     tenant TEXT NOT NULL,
+     version INTEGER NOT NULL,
+     document TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     created_by TEXT,
+     PRIMARY KEY (tenant, version)
+   );
+   ALTER TABLE api_keys ADD COLUMN sandbox TEXT;
+   ALTER TABLE api_keys ADD COLUMN created_by TEXT;
+   CREATE INDEX api_keys_tenant ON api_keys(tenant);
+   CREATE INDEX sandboxes_tenant_created ON sandboxes(tenant, created_at);`,
+  // 4: approvals (approvals/approval-repo.ts): actions a policy marks `ask`, waiting for a person.
+  `CREATE TABLE approvals (
+     id TEXT PRIMARY KEY,
+     tenant TEXT NOT NULL,
+     sandbox TEXT,
+     kind TEXT NOT NULL,
+     action TEXT NOT NULL,
+     subject TEXT NOT NULL,
+     dedupe TEXT,
+     state TEXT NOT NULL,
+     requested_at INTEGER NOT NULL,
+     requested_by TEXT,
+     expires_at INTEGER NOT NULL,
+     decided_at INTEGER,
+     decided_by TEXT,
+     reason TEXT
+   );
+   CREATE INDEX approvals_state ON approvals(state, expires_at);
+   CREATE INDEX approvals_tenant ON approvals(tenant, requested_at);
+   CREATE INDEX approvals_sandbox ON approvals(sandbox, state);`,
+  // 5: tenants' secrets (secrets/secret-store.ts): AES-256-GCM, the key in a file outside this database.
+  `CREATE TABLE secrets (
+     tenant TEXT NOT NULL,
+     name TEXT NOT NULL,
+     hosts TEXT NOT NULL,
+     header TEXT,
+     ciphertext BLOB NOT NULL,
+     iv BLOB NOT NULL,
+     tag BLOB NOT NULL,
+     created_at INTEGER NOT NULL,
+     updated_at INTEGER NOT NULL,
+     PRIMARY KEY (tenant, name)
+   );`,
 ];
 
 export function openDb(file: string): Db {

@@ -1,9 +1,10 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import { z } from 'zod';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { AirlockEngine, ListFilter, SandboxSpecInput } from '@airlock/engine';
 import { callerOf } from '../auth.js';
 import { HttpError } from '../errors.js';
+import { onClientGone } from '../live-requests.js';
 import {
   createSandboxBody, errorResponses, idParams, listSandboxesQuery, networkPolicyInput, sandboxInfo, sandboxList, setTimeoutBody,
 } from '../schemas.js';
@@ -27,6 +28,13 @@ export function listFilterFrom(query: Record<string, unknown>): ListFilter {
   return filter;
 }
 
+/** Aborts when the client hangs up before the answer: what it waits for (an approval) is withdrawn. */
+function clientGone(reply: FastifyReply): AbortSignal {
+  const abort = new AbortController();
+  onClientGone(reply.raw, () => abort.abort());
+  return abort.signal;
+}
+
 export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
 
@@ -37,7 +45,7 @@ export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void
       response: { 201: sandboxInfo, ...errorResponses },
     },
   }, async (req, reply) => {
-    const info = await engine.createSandbox(callerOf(req), (req.body ?? {}) as SandboxSpecInput);
+    const info = await engine.createSandbox(callerOf(req), (req.body ?? {}) as SandboxSpecInput, { signal: clientGone(reply) });
     return reply.code(201).send(info);
   });
 
@@ -62,7 +70,18 @@ export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void
       tags, summary: 'Set the remaining lifetime to timeoutSeconds from now',
       params: idParams, body: setTimeoutBody, response: { 200: sandboxInfo, ...errorResponses },
     },
-  }, async (req) => engine.setSandboxTimeout(callerOf(req), req.params.id, req.body.timeoutSeconds));
+  }, async (req, reply) => engine.setSandboxTimeout(callerOf(req), req.params.id, req.body.timeoutSeconds, { signal: clientGone(reply) }));
+
+  r.post('/v1/sandboxes/:id/pause', {
+    schema: {
+      tags, summary: 'Freeze every process of the sandbox (no CPU; memory, files and network kept); exec and files answer 409 until resume',
+      params: idParams, response: { 200: sandboxInfo, ...errorResponses },
+    },
+  }, async (req) => engine.pauseSandbox(callerOf(req), req.params.id));
+
+  r.post('/v1/sandboxes/:id/resume', {
+    schema: { tags, summary: 'Thaw a paused sandbox', params: idParams, response: { 200: sandboxInfo, ...errorResponses } },
+  }, async (req) => engine.resumeSandbox(callerOf(req), req.params.id));
 
   r.patch('/v1/sandboxes/:id/network', {
     schema: {
@@ -70,5 +89,5 @@ export function sandboxRoutes(app: FastifyInstance, engine: AirlockEngine): void
       params: idParams, body: networkPolicyInput,
       response: { 200: sandboxInfo.extend({ cut: z.number().int().describe('open connections the new policy cut') }), ...errorResponses },
     },
-  }, async (req) => engine.updateNetwork(callerOf(req), req.params.id, req.body));
+  }, async (req, reply) => engine.updateNetwork(callerOf(req), req.params.id, req.body, { signal: clientGone(reply) }));
 }
