@@ -86,6 +86,18 @@ export class EmbeddedBackend implements Backend {
     return this.engine.listProcesses(ADMIN, id);
   }
 
+  snapshotProcesses(id: string): Promise<{ seq: number; processes: ProcessInfo[] }> {
+    return this.engine.snapshotProcesses(ADMIN, id);
+  }
+
+  async sandboxHistory(id: string): Promise<import('@airlock/engine').HistoryEntry[]> {
+    return this.engine.sandboxHistory(ADMIN, id);
+  }
+
+  async readBlob(sha256: string): Promise<Uint8Array> {
+    return this.engine.readBlob(ADMIN, sha256);
+  }
+
   async openPty(id: string, req: PtyRequest): Promise<PtyConnection> {
     const s = await this.engine.openPty(ADMIN, id, req);
     return {

@@ -70,6 +70,18 @@ export class RemoteBackend implements Backend {
     return this.client.listProcesses(id);
   }
 
+  snapshotProcesses(id: string): Promise<{ seq: number; processes: ProcessInfo[] }> {
+    return this.client.snapshotProcesses(id);
+  }
+
+  sandboxHistory(id: string): Promise<import('@airlock/engine').HistoryEntry[]> {
+    return this.client.history(id);
+  }
+
+  readBlob(sha256: string): Promise<Uint8Array> {
+    return this.client.readBlob(sha256);
+  }
+
   async openPty(id: string, req: PtyRequest): Promise<PtyConnection> {
     // Output can arrive with the start message, before onData: it waits here (a few frames at most).
     const early: Buffer[] = [];

@@ -89,6 +89,12 @@ export interface Backend {
   /** Opens a terminal session; resolves once its process runs. */
   openPty(id: string, req: PtyRequest): Promise<PtyConnection>;
   listProcesses(id: string): Promise<ProcessInfo[]>;
+  /** Stores the process tree now as a process.snapshot event (docs/records.md). */
+  snapshotProcesses(id: string): Promise<{ seq: number; processes: ProcessInfo[] }>;
+  /** The sandbox's timeline, oldest first (docs/records.md). */
+  sandboxHistory(id: string): Promise<import('@airlock/engine').HistoryEntry[]>;
+  /** A recorded output blob by SHA-256. */
+  readBlob(sha256: string): Promise<Uint8Array>;
   killProcess(id: string, pid: number, signal: number): Promise<void>;
 
   readFile(id: string, path: string): Promise<Uint8Array>;

@@ -12,8 +12,10 @@ import {
 import { collectMountPrefix, collectVolume, parseVolumeName } from './volume-flags.js';
 import { registerFileCommands } from './file-commands.js';
 import { registerTenantCommands } from './tenant-commands.js';
+import { registerUsageCommand } from './usage-commands.js';
 import { collectSecret, registerSecretCommands } from './secret-commands.js';
 import { registerApprovalCommands } from './approval-commands.js';
+import { registerAuditCommands } from './audit-commands.js';
 
 /** Each action reports its exit status here; main exits with it after output is flushed. */
 export interface ActionResult {
@@ -101,6 +103,7 @@ Environment:
     .option('--no-rw-mounts', 'refuse read-write host mounts (read-only ones stay allowed)')
     .option('--storage-size <size>', 'disk all sandboxes and volumes may claim together, e.g. 64g (default 64g; never more than half the free disk when the data dir was made)', (v: string) => parseSizeMiB(v, '--storage-size'))
     .option('--net-pool <cidr>', 'addresses for sandbox links, one /30 each (default 10.213.0.0/16)', (v: string) => parseNetPool(v))
+    .option('--audit-key <file>', 'the ed25519 key file that signs audit checkpoints, ideally on another volume than the data dir (default $AIRLOCK_AUDIT_KEY, else DATA_DIR/audit-signing.key; made 0600 on first use)')
     .option('--secrets-key <file>', 'the key file that encrypts secrets at rest, ideally on another volume than the data dir (default $AIRLOCK_SECRETS_KEY, else DATA_DIR/secrets.key; made 0600 on first use)')
     .option('--block-range <cidr>', 'a destination range the egress proxy refuses; replaces the default list (loopback, link-local, RFC 1918, CGNAT, ULA, multicast…) when given (repeatable)', collectBlockRange)
     .option('--min-runtime <tier>', 'the weakest isolation tier any sandbox may use: container, gvisor or microvm (weaker requests get 422; default: any)', (v: string) => parseRuntime(v, '--min-runtime'))
@@ -112,6 +115,8 @@ Environment:
     )
     .option('--approval-webhook <url>', 'POST each approval request here as JSON (docs/approvals.md); a policy\'s approvals.webhookUrl wins')
     .option('--approval-webhook-secret-file <file>', 'key for the webhook\'s X-Airlock-Signature (HMAC-SHA256 of the body); unsigned without it')
+    .option('--prices <file>', 'metering price sheet, JSON: {"vcpuHour","memoryGiBHour","diskGiBHour","netGiB"} (docs/metering.md; fields left out keep the defaults)')
+    .option('--metrics-public', 'serve GET /metrics without a key (default: admin keys only)')
     .action((opts: Opts) => set(import('./commands/serve.js').then((m) => m.serveCommand(opts as never))));
 
   addSandboxOptions(
@@ -227,7 +232,13 @@ Examples:
 
   addDataDir(sandbox.command('ps').description('list the processes running in a sandbox').argument('<id>', 'sandbox id'))
     .option('--json', 'print JSON')
+    .option('--snapshot', 'also store the list as a process.snapshot event (evidence)')
     .action((id: string, opts: Opts) => set(import('./commands/sandbox.js').then((m) => m.psCommand(id, opts))));
+
+  addDataDir(sandbox.command('history').description('a sandbox\'s timeline: lifecycle, commands, file activity, network refusals, alerts').argument('<id>', 'sandbox id'))
+    .option('--json', 'print JSON')
+    .option('--output', 'show each command\'s recorded output (first 4 KiB per stream)')
+    .action((id: string, opts: Opts) => set(import('./commands/history.js').then((m) => m.historyCommand(id, opts))));
 
   addDataDir(
     sandbox
@@ -327,8 +338,10 @@ Examples:
   );
 
   registerTenantCommands(program, addDataDir, set);
+  registerUsageCommand(program, addDataDir, set);
   registerSecretCommands(program, addDataDir, set);
   registerApprovalCommands(program, addDataDir, set);
+  registerAuditCommands(program, addDataDir, set);
 
   program
     .command('doctor')

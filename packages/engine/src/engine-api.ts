@@ -4,11 +4,13 @@ import type {
 } from './types.js';
 import type { FileData, FileWatchEvent, FileWatchHandle, OutputsListing } from './files/types.js';
 import type { PtyExit, PtyOptions, PtySession } from './sandbox/pty-session.js';
+import type { HistoryEntry } from './records/history.js';
 import type { CreateVolumeInput, VolumeInfo } from './types.js';
 import type { BuildTemplateOptions as TemplateBuildOptions } from './template/build-template.js';
 import type { ImportTemplateOptions as TemplateImportOptions } from './template/import-template.js';
 
 import type { KeyScope } from './store/key-repo.js';
+import type { DailyUsage, PriceSheet, SandboxUsage, UsageQuery, UsageReport, UsageTotals } from './metering/types.js';
 import type { SecretInfo, SetSecretInput } from './secrets/secret-store.js';
 import type { ApiKeyInfo, CreatedApiKey, CreateKeyInput, TenantInfo } from './tenants/types.js';
 import type { PolicyDocument, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, RuleResult } from './policy/types.js';
@@ -17,6 +19,7 @@ import type {
 } from './approvals/types.js';
 
 export type { TemplateBuildOptions, TemplateImportOptions };
+export type { DailyUsage, PriceSheet, SandboxUsage, UsageQuery, UsageReport, UsageTotals };
 export type { KeyScope, ApiKeyInfo, CreatedApiKey, CreateKeyInput, TenantInfo };
 export type { PolicyDocument, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, RuleResult };
 export type { PtyExit, PtyOptions, PtySession };
@@ -76,6 +79,8 @@ export interface DoctorCheck {
 export interface EventFilter {
   sandbox?: string;
   type?: string;
+  /** An admin's filter; a tenant caller only ever sees its own tenant's events. */
+  tenant?: string;
   afterSeq?: number;
   limit?: number;
 }
@@ -116,6 +121,12 @@ export interface AirlockEngine {
    */
   openPty(caller: Caller, id: string, opts?: PtyOptions): Promise<PtySession>;
   listProcesses(caller: Caller, id: string): Promise<ProcessInfo[]>;
+  /** Stores the process tree now as a `process.snapshot` event (docs/records.md). */
+  snapshotProcesses(caller: Caller, id: string): Promise<{ seq: number; processes: ProcessInfo[] }>;
+  /** The sandbox's timeline: events merged with exec records, oldest first (docs/records.md). */
+  sandboxHistory(caller: Caller, id: string): HistoryEntry[];
+  /** A recorded output blob by SHA-256; 404 unless one of the caller's tenant's records names it. */
+  readBlob(caller: Caller, sha256: string): Buffer;
   killProcess(caller: Caller, id: string, pid: number, signal?: number): Promise<void>;
 
   /** Whole file in memory (capped at 256 MiB); readFileStream for anything large. */
@@ -161,7 +172,22 @@ export interface AirlockEngine {
   listEvents(caller: Caller, filter?: EventFilter): AuditEvent[];
   /** Live events; returns an unsubscribe function. */
   subscribeEvents(caller: Caller, filter: EventFilter, listener: (e: AuditEvent) => void): () => void;
+  /** Recomputes the whole hash chain and checks the signed checkpoints (docs/audit.md). Admin-only. */
+  verifyAudit(caller: Caller): import('./audit/chain-verifier.js').VerifyResult;
+  /** SPKI PEM of the ed25519 key that signs audit checkpoints. Admin-only. */
+  auditPublicKey(caller: Caller): string;
+  /**
+   * An evidence bundle (tar.gz, docs/audit.md) of one sandbox's events, or of all since a time,
+   * checkable offline. Admin-only. 404 for an unknown sandbox; 400 when nothing matches.
+   */
+  exportAudit(caller: Caller, selection: { sandbox?: string; since?: string }): Buffer;
   doctor(): Promise<DoctorCheck[]>;
+  /**
+   * Metered usage and its cost by the price sheet (docs/metering.md): totals, per sandbox and per
+   * UTC day. A tenant's key sees its own tenant (another tenant's sandbox: 404; naming another
+   * tenant: 403); admins see every tenant or `query.tenant`.
+   */
+  usage(caller: Caller, query?: UsageQuery): UsageReport;
 
   // ---- tenants, keys, policies (docs/tenants.md); all admin-only but getPolicy/testPolicy ----
 

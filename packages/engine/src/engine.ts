@@ -3,6 +3,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentLink, type AgentExit } from './agent/agent-link.js';
 import { EventLog } from './audit/event-log.js';
+import { loadAuditSigner, type AuditSigner } from './audit/signing-key.js';
+import type { VerifyResult } from './audit/chain-verifier.js';
+import { buildEvidenceBundle, type ExportSelection } from './audit/evidence-bundle.js';
 import { DEFAULT_DATA_DIR, HOST_SOCKET_NAME, SANDBOX_ID_BASE } from './constants.js';
 import { findExecutable, runDoctor } from './doctor.js';
 import type {
@@ -34,7 +37,15 @@ import { outsideCeiling } from './policy/egress-cover.js';
 import { egressRule } from './policy/evaluate.js';
 import { parseEgressRule } from './network/egress-policy.js';
 import { grantKey } from './policy/approval.js';
-import { guardCallerMethods } from './tenants/access.js';
+import { guardCallerMethods, isAdmin, requireAdmin } from './tenants/access.js';
+import { BlobStore } from './records/blob-store.js';
+import { ExecRecordRepository, type ExecRecord, type RecordedStream } from './records/exec-records.js';
+import { buildHistory, type HistoryEntry } from './records/history.js';
+import { DetectorEngine } from './detectors/detector-engine.js';
+import { FileChangeTracker } from './telemetry/file-changes.js';
+import { collectStrace } from './telemetry/syscall-trace.js';
+import { EngineMetering } from './metering/engine-metering.js';
+import type { PriceSheet, UsageQuery, UsageReport } from './metering/types.js';
 import type { ApiKeyInfo, CreatedApiKey, CreateKeyInput, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, TenantInfo } from './engine-api.js';
 import { SqliteSandboxRepository, toSandboxInfo, type SandboxRecord, type SandboxRepository } from './store/sandbox-repo.js';
 import { TemplateStore } from './template/template-store.js';
@@ -48,7 +59,7 @@ import type {
 import type { CreateVolumeInput, VolumeInfo } from './types.js';
 import { RUNTIME_ORDER } from './types.js';
 import type { RequestOptions } from './engine-api.js';
-import { newSandboxId, newToken, SANDBOX_ID_RE } from './util/ids.js';
+import { newExecId, newSandboxId, newToken, SANDBOX_ID_RE } from './util/ids.js';
 import { processAlive, processStartTime } from './util/proc.js';
 import { listOutputs, tarOutputs } from './files/outputs.js';
 import * as sandboxFiles from './files/sandbox-files.js';
@@ -81,6 +92,10 @@ export interface EngineOptions {
   /** Which isolation tiers sandboxes may use (default: any; a spec naming none gets container). */
   runtimePolicy?: RuntimePolicy;
   log?: (level: 'info' | 'warn' | 'error', msg: string, data?: Record<string, unknown>) => void;
+  /** Metering price sheet (docs/metering.md); fields left out keep their defaults. */
+  prices?: Partial<PriceSheet>;
+  /** How often live sandboxes' cgroups are sampled for usage (default 5000 ms). */
+  usageSampleMs?: number;
   /** Where a policy says `ask` (docs/approvals.md): timeout, webhook and its secret, pending limits. */
   approvals?: ApprovalOptions;
   /**
@@ -88,6 +103,13 @@ export interface EngineOptions {
    * <dataDir>/secrets.key; made 0600 on first use. Put it on another volume than the database.
    */
   secretsKeyFile?: string;
+  /**
+   * The ed25519 key that signs audit checkpoints (docs/audit.md): default $AIRLOCK_AUDIT_KEY, else
+   * <dataDir>/audit-signing.key; made 0600 on first use. Keep it off the database's volume.
+   */
+  auditKeyFile?: string;
+  /** Events between signed checkpoints (default 1000). */
+  auditCheckpointEvery?: number;
   /** PEM of a CA that secret hosts' certificates may chain to, besides the public roots (a private API, tests). */
   secretsUpstreamCa?: string;
   /** Egress control settings (docs/network.md); every field has a default. */
@@ -158,6 +180,7 @@ export class Engine implements AirlockEngine {
   private readonly sandboxes: SandboxRepository;
   private readonly keys: KeyRepository;
   readonly events: EventLog;
+  private readonly auditSigner: AuditSigner;
   private readonly templates: TemplateStore;
   private readonly drivers: Map<RuntimeName, RuntimeDriver>;
   private readonly live = new Map<string, LiveSandbox>();
@@ -169,7 +192,13 @@ export class Engine implements AirlockEngine {
   private readonly governance: Governance;
   /** Requests waiting for a person's decision (approvals/approval-service.ts). */
   private readonly approvals: ApprovalService;
+  /** Exec records and their output blobs (docs/records.md); detectors raising alert.* events. */
+  private readonly blobs: BlobStore;
+  private readonly execRecords: ExecRecordRepository;
+  private readonly detectors: DetectorEngine;
+  private readonly fileChanges = new FileChangeTracker();
   private readonly diskWatch: DiskWatch;
+  private readonly metering: EngineMetering;
   private readonly network: NetworkManager;
   /** Tenants' secrets (encrypted) and the broker that swaps them in at the egress proxy. */
   private readonly secretStore: SecretStore;
@@ -197,7 +226,8 @@ export class Engine implements AirlockEngine {
     this.db = openDb(join(this.dataDir, 'airlock.db'));
     this.sandboxes = new SqliteSandboxRepository(this.db);
     this.keys = new KeyRepository(this.db);
-    this.events = new EventLog(this.db);
+    this.auditSigner = loadAuditSigner(resolve(opts.auditKeyFile ?? (process.env.AIRLOCK_AUDIT_KEY || join(this.dataDir, 'audit-signing.key'))));
+    this.events = new EventLog(this.db, { signer: this.auditSigner, checkpointEvery: opts.auditCheckpointEvery });
     this.templates = new TemplateStore(this.templatesDir);
     this.agentBinary = opts.agentBinary ?? process.env.AIRLOCK_AGENT_BINARY ?? defaultAgentBinary();
     this.startTimeoutMs = opts.startTimeoutMs ?? 15_000;
@@ -241,6 +271,12 @@ export class Engine implements AirlockEngine {
       db: this.db, events: this.events, tx: (fn) => this.tx(fn), options: opts.approvals ?? {},
       policyOf: (t) => this.governance.effective(t).approvals, log: (level, msg, data) => this.log(level, msg, data),
     });
+    this.blobs = new BlobStore(join(this.dataDir, 'blobs'));
+    this.execRecords = new ExecRecordRepository(this.db);
+    this.detectors = new DetectorEngine({
+      events: this.events, policyOf: (t) => this.governance.effective(t).detectors, log: (level, msg, data) => this.log(level, msg, data),
+    });
+    this.detectors.start();
     // Key scopes are checked in front of every method that takes a Caller.
     guardCallerMethods(this);
     this.network = new NetworkManager({
@@ -256,8 +292,16 @@ export class Engine implements AirlockEngine {
         if (this.closed) return;
         const rec = this.sandboxes.get(sandbox);
         this.events.append({ tenant: rec?.tenant ?? DEFAULT_TENANT, sandbox, type, data });
+        if (type === 'net.connect') this.metering.connectionEnded(sandbox, rec?.tenant ?? DEFAULT_TENANT, data);
       },
       log: (level, msg, data) => this.log(level, msg, data),
+    });
+    this.metering = new EngineMetering({
+      db: this.db, prices: opts.prices, sampleMs: opts.usageSampleMs, log: this.log,
+      live: () => [...this.live.keys()].flatMap((id) => {
+        const rec = this.sandboxes.get(id);
+        return rec && isLive(rec.state) ? [this.metered(rec)] : [];
+      }),
     });
     this.diskWatch = new DiskWatch((sandbox, data) => {
       const rec = this.sandboxes.get(sandbox);
@@ -382,6 +426,7 @@ export class Engine implements AirlockEngine {
       await driver.start({
         id: rec.id, spec, template, dir, controlDir, agentBinary: this.agentBinary, agentToken: rec.agentToken, ready, blankLayer, volumeBinds, engineBinds,
         ...(netnsPath ? { netnsPath } : {}),
+        ...this.syscallTraceOf(rec),
       });
       await ready;
       if (lease && !driver.networkBeforeStart) {
@@ -600,6 +645,7 @@ export class Engine implements AirlockEngine {
     const { rec, live } = await this.ready(caller, id);
     const driver = this.drivers.get(rec.spec.runtime)!;
     const before = driver.limitCounters(id);
+    if (rec.spec.runtime === 'container' && this.fileChangesOn(rec)) await this.fileChanges.ensureBaseline(id, this.upperDir(rec)).catch(() => {});
     const started = Date.now();
     const out = new Capture(EXEC_CAPTURE_LIMIT);
     const err = new Capture(EXEC_CAPTURE_LIMIT);
@@ -612,7 +658,7 @@ export class Engine implements AirlockEngine {
     } catch (e) {
       throw mapAgentError(e);
     }
-    const execId = `${id}-${handle.channel}`;
+    const execId = newExecId(id, handle.channel);
     live.execIds.set(handle.channel, execId);
     const onAbort = () => handle.signal(9);
     handlers.signal?.addEventListener('abort', onAbort, { once: true });
@@ -644,9 +690,9 @@ export class Engine implements AirlockEngine {
     }
     const durationMs = Date.now() - started;
     this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id));
-    // The tenant's policy may ask for the output itself in the audit trail (exec.recordOutput), capped.
-    const recorded = this.governance.recordedOutput(rec.tenant, () => out.text(), () => err.text());
-    this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.exited', data: { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, stdoutBytes: out.total, stderrBytes: err.total, ...recorded } });
+    // The exec record and its output blobs (capped per policy), with exec.exited in one transaction.
+    this.recordExec(rec, { execId, req, started, exit, out, err });
+    await this.recordFileChanges(rec, { at: 'exec', execId });
     const result: ExecResult = { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs, reason: exit.reason };
     if (out.truncated || err.truncated) result.truncated = true;
     return result;
@@ -657,7 +703,7 @@ export class Engine implements AirlockEngine {
     const { rec, live } = await this.ready(caller, id);
     try {
       const handle = live.link.exec(this.agentSpec(rec, live, req, true));
-      const execId = `${id}-${handle.channel}`;
+      const execId = newExecId(id, handle.channel);
       live.execIds.set(handle.channel, execId);
       handle.done.then(() => live.execIds.delete(handle.channel), () => live.execIds.delete(handle.channel));
       const pid = await handle.started;
@@ -688,6 +734,99 @@ export class Engine implements AirlockEngine {
         return ending ? ending.done.then(() => ({ exitCode: ending.execReason === 'timeout' ? 124 : 137, reason: ending.execReason })) : null;
       },
       afterExit: () => this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id)),
+    });
+  }
+
+  /** Stores the sandbox's process tree now as a process.snapshot event (evidence on demand). */
+  async snapshotProcesses(caller: Caller, id: string): Promise<{ seq: number; processes: ProcessInfo[] }> {
+    const processes = await this.listProcesses(caller, id);
+    const rec = this.owned(caller, id);
+    const ev = this.events.append({ tenant: rec.tenant, sandbox: id, type: 'process.snapshot', data: { processes } });
+    return { seq: ev.seq, processes };
+  }
+
+  /** The sandbox's timeline: lifecycle, exec records, file activity, network refusals, alerts. */
+  sandboxHistory(caller: Caller, id: string): HistoryEntry[] {
+    this.owned(caller, id);
+    return buildHistory(this.events.query({ sandbox: id, limit: 10_000 }), this.execRecords.forSandbox(id));
+  }
+
+  /** A recorded blob; only one the caller's tenant's records name (any, for an admin). */
+  readBlob(caller: Caller, sha256: string): Buffer {
+    this.assertOpen();
+    const named = typeof sha256 === 'string' && (isAdmin(caller) || (caller.tenant !== null && this.execRecords.tenantReferences(caller.tenant, sha256)));
+    const data = named ? this.blobs.get(sha256) : null;
+    if (!data) throw new AirlockError('not_found', 'blob not found');
+    return data;
+  }
+
+  /** The writable layer's overlay upper dir on the host (container tier). */
+  private upperDir(rec: SandboxRecord): string {
+    return join(this.dataDir, 'sandboxes', rec.id, 'layer', 'upper');
+  }
+
+  /** A file.changes event for what the writable layer gained and lost since the last look (docs/records.md). */
+  private async recordFileChanges(rec: SandboxRecord, where: { at: 'exec' | 'end'; execId?: string }): Promise<void> {
+    // Only runc's overlay writes through to the host upper dir: gVisor keeps rootfs writes in its
+    // own overlay (filestore) and a microvm's layer is a disk image inside the VM.
+    if (rec.spec.runtime !== 'container' || !this.fileChangesOn(rec)) return;
+    try {
+      const changes = await this.fileChanges.changes(rec.id, this.upperDir(rec));
+      if (changes && !this.closed) this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'file.changes', data: { ...where, ...changes } });
+    } catch (e) {
+      this.log('warn', 'file telemetry failed', { sandbox: rec.id, error: (e as Error).message });
+    }
+  }
+
+  /** The tenant policy's evidence.fileChanges (on unless turned off). */
+  private fileChangesOn(rec: SandboxRecord): boolean {
+    return this.governance.effective(rec.tenant).evidence?.fileChanges !== false;
+  }
+
+  /** The tenant policy's evidence.syscallTrace, for a gvisor sandbox's launch. */
+  private syscallTraceOf(rec: SandboxRecord): { syscallTrace?: { syscalls?: string[] } } {
+    const ev = this.governance.effective(rec.tenant).evidence;
+    if (rec.spec.runtime !== 'gvisor' || !ev?.syscallTrace) return {};
+    return { syscallTrace: ev.syscalls ? { syscalls: ev.syscalls } : {} };
+  }
+
+  /** A traced sandbox's syscall log (capped) into the blob store, named by an evidence.strace event. */
+  private recordStrace(rec: SandboxRecord): void {
+    if (rec.spec.runtime !== 'gvisor') return;
+    try {
+      const trace = collectStrace(join(this.dataDir, 'sandboxes', rec.id));
+      if (!trace || this.closed) return;
+      const blob = this.blobs.put(trace.data);
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'evidence.strace', data: { sha256: blob.sha256, stored: blob.size, bytes: trace.total, truncated: trace.total > blob.size } });
+    } catch (e) {
+      this.log('warn', 'syscall trace collection failed', { sandbox: rec.id, error: (e as Error).message });
+    }
+  }
+
+  private recordExec(rec: SandboxRecord, x: { execId: string; req: ExecRequest; started: number; exit: { exitCode: number; reason: ExecReason }; out: Capture; err: Capture }): void {
+    const cap = this.governance.outputRecordCap(rec.tenant);
+    const stream = (c: Capture): RecordedStream => {
+      if (cap === 0) return { bytes: c.total, sha256: null, stored: 0, truncated: c.total > 0 };
+      const kept = c.bytes().subarray(0, cap);
+      const blob = this.blobs.put(kept);
+      return { bytes: c.total, sha256: blob.sha256, stored: blob.size, truncated: c.total > blob.size };
+    };
+    const stdout = stream(x.out);
+    const stderr = stream(x.err);
+    const ended = Date.now();
+    const record: ExecRecord = {
+      execId: x.execId, sandbox: rec.id, tenant: rec.tenant, cmd: x.req.cmd, envNames: Object.keys(x.req.env ?? {}),
+      cwd: x.req.cwd ?? rec.spec.workdir, user: x.req.user ? `${x.req.user.uid}:${x.req.user.gid}` : null, pty: false,
+      startedAt: new Date(x.started).toISOString(), endedAt: new Date(ended).toISOString(),
+      exitCode: x.exit.exitCode, reason: x.exit.reason, stdout, stderr,
+    };
+    this.tx(() => {
+      this.execRecords.insert(record);
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'exec.exited', data: {
+        execId: x.execId, exitCode: x.exit.exitCode, reason: x.exit.reason, durationMs: ended - x.started,
+        stdoutBytes: x.out.total, stderrBytes: x.err.total,
+        stdoutSha256: stdout.sha256, stderrSha256: stderr.sha256, stdoutStored: stdout.stored, stderrStored: stderr.stored,
+      } });
     });
   }
 
@@ -914,17 +1053,57 @@ export class Engine implements AirlockEngine {
   listEvents(caller: Caller, filter: EventFilter = {}): AuditEvent[] {
     // Another tenant's sandbox is not found here either (not an empty list).
     if (filter.sandbox !== undefined && caller.tenant !== null) this.owned(caller, filter.sandbox);
-    return this.events.query({ tenant: caller.tenant, sandbox: filter.sandbox, type: filter.type, afterSeq: filter.afterSeq, limit: filter.limit });
+    if (filter.tenant !== undefined && caller.tenant !== null && filter.tenant !== caller.tenant) return [];
+    return this.events.query({ tenant: caller.tenant ?? filter.tenant, sandbox: filter.sandbox, type: filter.type, afterSeq: filter.afterSeq, limit: filter.limit });
   }
 
   subscribeEvents(caller: Caller, filter: EventFilter, listener: (e: AuditEvent) => void): () => void {
     if (filter.sandbox !== undefined && caller.tenant !== null) this.owned(caller, filter.sandbox);
     return this.events.subscribe((e) => {
       if (caller.tenant && e.tenant !== caller.tenant) return;
+      if (filter.tenant !== undefined && e.tenant !== filter.tenant) return;
       if (filter.sandbox && e.sandbox !== filter.sandbox) return;
       if (filter.type && e.type !== filter.type) return;
       listener(e);
     });
+  }
+
+  verifyAudit(caller: Caller): VerifyResult {
+    requireAdmin(caller, 'verify the audit log');
+    this.assertOpen();
+    return this.events.verify();
+  }
+
+  auditPublicKey(caller: Caller): string {
+    requireAdmin(caller, 'read the audit public key');
+    return this.auditSigner.publicKeyPem;
+  }
+
+  exportAudit(caller: Caller, selection: { sandbox?: string; since?: string }): Buffer {
+    requireAdmin(caller, 'export audit evidence');
+    this.assertOpen();
+    const sel: ExportSelection = {};
+    if (selection.sandbox !== undefined) {
+      const known = this.sandboxes.get(selection.sandbox) ?? this.db.prepare('SELECT 1 FROM events WHERE sandbox = ? LIMIT 1').get(selection.sandbox);
+      if (!known) throw notFound('sandbox', selection.sandbox);
+      sel.sandbox = selection.sandbox;
+    }
+    if (selection.since !== undefined) {
+      const t = Date.parse(selection.since);
+      if (Number.isNaN(t)) throw badRequest('since: must be an ISO 8601 time', 'since');
+      sel.since = new Date(t).toISOString();
+    }
+    if (sel.sandbox === undefined && sel.since === undefined) throw badRequest('name a sandbox or a since time', 'sandbox');
+    // The bundle's range must end at a signed checkpoint.
+    this.events.checkpointHead();
+    try {
+      return buildEvidenceBundle({
+        db: this.db, publicKeyPem: this.auditSigner.publicKeyPem, logVerification: this.events.verify(), blob: (sha) => this.blobs.get(sha),
+      }, sel);
+    } catch (e) {
+      if (e instanceof Error && e.message === 'no events match the selection') throw badRequest(e.message, 'since');
+      throw e;
+    }
   }
 
   doctor(): Promise<DoctorCheck[]> {
@@ -1134,12 +1313,16 @@ export class Engine implements AirlockEngine {
     if (this.closed) return;
     this.closed = true;
     if (this.reaper) clearInterval(this.reaper);
+    this.metering.close();
     await this.approvals.close();
     await Promise.all([...this.live.values()].map((l) => l.link.close().catch(() => {})));
     this.live.clear();
     await Promise.all([...this.networkOps.values()].map((p) => p.catch(() => {})));
     await this.network.close();
+    this.detectors.stop();
     this.governance.close();
+    // A signed head makes dropping events written since the last boundary detectable.
+    try { this.events.checkpointHead(); } catch (e) { this.log('warn', 'audit checkpoint at close failed', { error: String(e) }); }
     this.db.close();
   }
 
@@ -1234,6 +1417,12 @@ export class Engine implements AirlockEngine {
     if (live?.ending) return live.ending.done;
     const driver = this.drivers.get(rec.spec.runtime);
     const done = (async () => {
+      // The last CPU reading, before destroy removes the cgroup and its counters.
+      this.metering.final(this.metered(rec));
+      // The layer's last changes, before destroy drops it.
+      await this.recordFileChanges(rec, { at: 'end' });
+      this.fileChanges.forget(id);
+      this.recordStrace(rec);
       try {
         await driver?.destroy(id);
       } catch (e) {
@@ -1262,6 +1451,7 @@ export class Engine implements AirlockEngine {
   private finish(id: string, state: SandboxState, reason: string): void {
     const rec = this.sandboxes.get(id);
     if (!rec || isTerminal(rec.state)) return;
+    this.metering.final(this.metered(rec));
     this.approvals.sandboxEnded(id);
     this.tx(() => {
       this.sandboxes.update(id, { state, reason, endedAt: Date.now() });
@@ -1275,6 +1465,18 @@ export class Engine implements AirlockEngine {
   private startReaper(): void {
     this.reaper = setInterval(() => { void this.reap(); }, 250);
     this.reaper.unref();
+    this.metering.start();
+  }
+
+  private metered(rec: SandboxRecord): { id: string; tenant: string; cgroupsPath: string; diskMiB: number } {
+    return { id: rec.id, tenant: rec.tenant, cgroupsPath: cgroupsPathFor(rec.id), diskMiB: rec.spec.resources.diskMiB };
+  }
+
+  /** Usage and cost (docs/metering.md); a tenant sees its own, another tenant's sandbox is not found. */
+  usage(caller: Caller, query: UsageQuery = {}): UsageReport {
+    this.assertOpen();
+    if (query.sandbox !== undefined && caller.tenant !== null) this.owned(caller, query.sandbox);
+    return this.metering.report(caller, query);
   }
 
   /** Expires sandboxes past their lifetime that this process owns or that nobody owns any more. */
@@ -1404,7 +1606,10 @@ class Capture {
     this.kept += part.length;
   }
   text(): string {
-    return Buffer.concat(this.chunks, this.kept).toString('utf8');
+    return this.bytes().toString('utf8');
+  }
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks, this.kept);
   }
 }
 

@@ -6,7 +6,15 @@ export { RuntimePolicyChecker, isRuntimeName, type RuntimePolicy } from './sandb
 export { sandboxSpecInputSchema, resourcesSchema, mountSchema, DEFAULT_RESOURCES, DEFAULT_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS } from './sandbox/spec.js';
 export { execRequestSchema } from './sandbox/exec-schema.js';
 export { EventLog, eventHash } from './audit/event-log.js';
+export type { ExecRecord, RecordedStream } from './records/exec-records.js';
+export type { HistoryEntry } from './records/history.js';
+export { DETECTOR_NAMES, isCredentialPath, type DetectorName } from './detectors/rules.js';
 export { canonicalJson } from './audit/canonical-json.js';
+export { ChainVerifier, type VerifyResult, type BreakReason, type CheckpointRow } from './audit/chain-verifier.js';
+export { loadAuditSigner, parsePublicKey, type AuditSigner } from './audit/signing-key.js';
+export { verifyEventLog, verifyDataDir } from './audit/verify-log.js';
+export { readBundleTar, writeBundleTar } from './audit/bundle-tar.js';
+export { verifyBundle, BUNDLE_FORMAT, type BundleVerifyResult, type ExportSelection } from './audit/evidence-bundle.js';
 export { runDoctor } from './doctor.js';
 export { TemplateStore } from './template/template-store.js';
 export { buildTemplate, ensureTemplate, builtinRecipeDigest, importTemplate, removeTemplate, collectGarbage, BUILTIN_RECIPES, DEFAULT_IMPORT_LIMITS } from './template/index.js';
@@ -28,3 +36,4 @@ export { signBody as signApprovalWebhook, SIGNATURE_HEADER as APPROVAL_SIGNATURE
 export { APPROVAL_KINDS, APPROVAL_STATES } from './approvals/types.js';
 export { DEFAULT_APPROVAL_TIMEOUT_SECONDS } from './approvals/approval-service.js';
 export { setSecretSchema, secretNameSchema, MAX_SECRET_BYTES, type SecretInfo, type SetSecretInput } from './secrets/secret-store.js';
+export { DEFAULT_PRICES, parsePriceSheet } from './metering/index.js';

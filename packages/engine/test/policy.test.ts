@@ -221,7 +221,7 @@ describe('the engine applies policies', () => {
       const r = await engine.exec(t, s.id, { cmd: ['echo', 'hello world'] });
       assert.equal(r.stdout, 'hello world\n');
       const exited = engine.listEvents(ADMIN, { sandbox: s.id, type: 'exec.exited' });
-      assert.equal(exited.at(-1)!.data.stdout, 'hello', 'output recorded, capped at outputCapBytes');
+      assert.equal(engine.readBlob(t, exited.at(-1)!.data.stdoutSha256 as string).toString(), 'hello', 'output recorded, capped at outputCapBytes');
     } finally {
       await engine.killSandbox(t, s.id);
     }

@@ -4,6 +4,8 @@ import { SseParser } from './sse.js';
 import type { CreateVolumeBody, VolumeInfo } from './volume-types.js';
 import type { SecretInfo, SetSecretBody } from './secret-types.js';
 import type { ApprovalInfo, ApprovalState } from './approval-types.js';
+import type { HistoryEntry } from './record-types.js';
+import type { UsageQuery, UsageReport } from './usage-types.js';
 import type {
   ApiKeyInfo, CreatedApiKey, CreateKeyBody, PolicyDocument, PolicyTestBody, PolicyTestResult, PolicyVersionInfo, TenantInfo,
 } from './tenant-types.js';
@@ -173,6 +175,25 @@ export class ApiClient {
   async killProcess(id: string, pid: number, signal?: string | number): Promise<void> {
     const query = signal === undefined ? {} : { signal: String(signal) };
     await this.send('DELETE', `/v1/sandboxes/${enc(id)}/processes/${enc(String(pid))}`, { query });
+  }
+
+  /** Stores the process tree now as a process.snapshot event. */
+  async snapshotProcesses(id: string): Promise<{ seq: number; processes: ProcessInfo[] }> {
+    return this.json('POST', `/v1/sandboxes/${enc(id)}/snapshots/processes`);
+  }
+
+  // ---- records (docs/records.md) ----
+
+  /** The sandbox's timeline, oldest first. */
+  async history(id: string): Promise<HistoryEntry[]> {
+    const r = await this.json<{ entries: HistoryEntry[] }>('GET', `/v1/sandboxes/${enc(id)}/history`);
+    return r.entries;
+  }
+
+  /** A recorded output blob by SHA-256. */
+  async readBlob(sha256: string): Promise<Uint8Array> {
+    const res = await this.send('GET', `/v1/blobs/${enc(sha256)}`, { accept: 'application/octet-stream' });
+    return new Uint8Array(await this.readBody(res));
   }
 
   // ---- files ----
@@ -420,6 +441,11 @@ export class ApiClient {
 
   createTenant(name: string): Promise<TenantInfo> {
     return this.json('POST', '/v1/tenants', { json: { name } });
+  }
+
+  /** Metered usage and cost; a tenant key sees its own tenant, an admin key any. */
+  async usage(q: UsageQuery = {}): Promise<UsageReport> {
+    return this.json<UsageReport>('GET', '/v1/usage', { query: { ...q } });
   }
 
   async listTenants(): Promise<TenantInfo[]> {

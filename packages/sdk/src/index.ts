@@ -16,3 +16,5 @@ export type * from './file-types.js';
 export { iterableToStream } from './file-streams.js';
 export type * from './tenant-types.js';
 export type * from './approval-types.js';
+export type { ExecRecord, HistoryEntry, RecordedStream } from './record-types.js';
+export type * from './usage-types.js';

@@ -9,6 +9,7 @@ import { mapError } from './errors.js';
 import { LiveRequests } from './live-requests.js';
 import { requestIdFrom } from './request-id.js';
 import { eventRoutes } from './routes/events.js';
+import { auditRoutes } from './routes/audit.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { metaRoutes } from './routes/meta.js';
@@ -20,6 +21,9 @@ import { templateRoutes } from './routes/templates.js';
 import { tenantRoutes } from './routes/tenants.js';
 import { policyRoutes } from './routes/policies.js';
 import { approvalRoutes } from './routes/approvals.js';
+import { usageRoutes } from './routes/usage.js';
+import { recordRoutes } from './routes/records.js';
+import { AirlockMetrics, metricsRoute } from './metrics.js';
 import type { AuthRateLimitOptions } from './auth-rate-limit.js';
 
 export interface ServerOptions {
@@ -34,7 +38,13 @@ export interface ServerOptions {
   version?: string;
   /** Failed authentications allowed per client address (default burst 20, 10 a minute). */
   authRateLimit?: AuthRateLimitOptions;
+  /** Prometheus metrics: pass one to also count the engine's log lines (reconcile); default a fresh one. */
+  metrics?: AirlockMetrics;
+  /** GET /metrics without a key (a scraper on a trusted network); default: admin keys only. */
+  metricsPublic?: boolean;
 }
+
+export { AirlockMetrics };
 
 export const DEFAULT_BODY_LIMIT_BYTES = 1024 * 1024;
 export const DEFAULT_UPLOAD_LIMIT_BYTES = 8 * 1024 * 1024 * 1024;
@@ -111,11 +121,15 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   ptyRoutes(app, opts.engine, live);
   fileRoutes(app, opts.engine, opts.uploadLimitBytes ?? DEFAULT_UPLOAD_LIMIT_BYTES, live);
   eventRoutes(app, opts.engine, live);
+  auditRoutes(app, opts.engine);
   metaRoutes(app, opts.engine, version);
   templateRoutes(app, opts.engine);
   tenantRoutes(app, opts.engine);
   policyRoutes(app, opts.engine);
   approvalRoutes(app, opts.engine);
+  usageRoutes(app, opts.engine);
+  recordRoutes(app, opts.engine);
+  metricsRoute(app, opts.engine, opts.metrics ?? new AirlockMetrics(), opts.metricsPublic ?? false);
   return app;
 }
 

@@ -115,6 +115,7 @@ export const killProcessQuery = z.strictObject({
 export const eventsQuery = z.strictObject({
   sandbox: sandboxId.optional(),
   type: z.string().min(1).max(64).optional(),
+  tenant: z.string().min(1).max(64).optional().describe("an admin's filter; a tenant key sees only its own tenant"),
   after: z.coerce.number().int().min(0).optional(),
   limit: z.coerce.number().int().min(1).max(10_000).optional(),
   follow: queryBool.optional().describe('1: Server-Sent Events, resumable with Last-Event-ID'),

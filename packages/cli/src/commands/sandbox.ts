@@ -161,9 +161,9 @@ export async function execCommand(id: string, cmd: string[], flags: ExecFlags): 
   });
 }
 
-export async function psCommand(id: string, flags: BackendOptions & { json?: boolean }): Promise<number> {
+export async function psCommand(id: string, flags: BackendOptions & { json?: boolean; snapshot?: boolean }): Promise<number> {
   return withBackend(flags, async (b) => {
-    const list = await b.listProcesses(id);
+    const list = flags.snapshot ? (await b.snapshotProcesses(id)).processes : await b.listProcesses(id);
     if (flags.json) printJson(list);
     else process.stdout.write(formatTable(['PID', 'EXEC', 'COMMAND'], list.map((p) => [String(p.pid), p.execId ?? '-', p.cmdline.join(' ')])));
     return EXIT.ok;

@@ -19,6 +19,8 @@ export interface ServeFlags {
   blockRange?: string[];
   /** --secrets-key: where the key that encrypts secrets lives (docs/secrets.md). */
   secretsKey?: string;
+  /** --audit-key: the key that signs audit checkpoints (docs/audit.md). */
+  auditKey?: string;
   /** --min-runtime: the weakest tier any sandbox may use. */
   minRuntime?: 'container' | 'gvisor' | 'microvm';
   /** --tenant-min-runtime, tenant → floor. */
@@ -32,6 +34,10 @@ export interface ServeFlags {
   /** --approval-webhook URL, and the file holding its HMAC key. */
   approvalWebhook?: string;
   approvalWebhookSecretFile?: string;
+  /** --prices FILE: the metering price sheet (JSON; docs/metering.md). */
+  prices?: string;
+  /** --metrics-public: GET /metrics without a key. */
+  metricsPublic?: boolean;
 }
 
 /** EngineOptions.approvals from the flags; the secret file is read here so a mistake stops serve at once. */
@@ -77,14 +83,22 @@ export function saveAdminKey(dataDir: string, key: string): string {
 
 export async function serveCommand(flags: ServeFlags): Promise<number> {
   const approvals = approvalOptions(flags);
-  const [{ openEngine }, { startServer }] = await Promise.all([import('../backend-embedded.js'), import('@airlock/server')]);
+  const [{ openEngine }, { startServer, AirlockMetrics }, { engineLog, loadPriceSheet }] = await Promise.all([
+    import('../backend-embedded.js'), import('@airlock/server'), import('./serve-observability.js'),
+  ]);
+  const prices = flags.prices !== undefined ? loadPriceSheet(flags.prices) : undefined;
+  const metrics = new AirlockMetrics();
+  const logging = engineLog((msg, data) => metrics.engineLog(msg, data));
   const engine = await openEngine({
     dataDir: flags.dataDir,
     approvals,
+    log: logging.log,
+    ...(prices ? { prices } : {}),
     ...(flags.dnsUpstream ? { dnsUpstream: flags.dnsUpstream } : {}),
     mountPolicy: { allowReadWrite: flags.rwMounts !== false, ...(flags.mountAllow ? { allowedHostPrefixes: flags.mountAllow } : {}) },
     ...(flags.storageSize ? { storageSizeGiB: flags.storageSize / 1024 } : {}),
     ...(flags.secretsKey ? { secretsKeyFile: flags.secretsKey } : {}),
+    ...(flags.auditKey ? { auditKeyFile: flags.auditKey } : {}),
     runtimePolicy: {
       ...(flags.minRuntime ? { minimum: flags.minRuntime } : {}),
       ...(flags.tenantMinRuntime ? { tenants: flags.tenantMinRuntime } : {}),
@@ -106,7 +120,10 @@ export async function serveCommand(flags: ServeFlags): Promise<number> {
     }
     server = await startServer({
       engine, listen: flags.listen, ...(flags.maxUpload ? { uploadLimitBytes: flags.maxUpload * 1024 * 1024 } : {}),
+      metrics, metricsPublic: flags.metricsPublic === true,
     });
+    const appLog = server.app.log;
+    logging.useLogger({ info: (o, m) => appLog.info(o, m), warn: (o, m) => appLog.warn(o, m), error: (o, m) => appLog.error(o, m) });
     process.stdout.write(`airlockd listening on ${server.url}\n`);
     const sig = await new Promise<NodeJS.Signals>((resolve) => {
       process.once('SIGINT', resolve);

@@ -3,6 +3,9 @@ import { EventEmitter } from 'node:events';
 import type { Db } from '../store/db.js';
 import type { AuditEvent } from '../types.js';
 import { canonicalJson } from './canonical-json.js';
+import { storedEventHash, type VerifyResult } from './chain-verifier.js';
+import { checkpointMessage, parsePublicKey, type AuditSigner } from './signing-key.js';
+import { verifyEventLog } from './verify-log.js';
 
 export interface NewEvent {
   tenant: string;
@@ -20,6 +23,13 @@ export interface EventQuery {
 }
 
 const GENESIS = '0'.repeat(64);
+export const DEFAULT_CHECKPOINT_EVERY = 1000;
+
+export interface EventLogOptions {
+  /** Signs a checkpoint of the chain head every `checkpointEvery` events; none without it. */
+  signer?: AuditSigner;
+  checkpointEvery?: number;
+}
 
 export function eventHash(prev: string, e: Omit<AuditEvent, 'prev' | 'hash'>): string {
   return createHash('sha256')
@@ -45,9 +55,18 @@ export class EventLog {
   private readonly lastStmt;
   private readonly insertStmt;
   private pending: AuditEvent[] = [];
+  private readonly checkpointEvery: number;
+  private readonly checkpointStmt;
+  private readonly lastCheckpointStmt;
+  private readonly appendTx;
 
-  constructor(private readonly db: Db) {
+  constructor(private readonly db: Db, private readonly opts: EventLogOptions = {}) {
     this.emitter.setMaxListeners(0);
+    this.checkpointEvery = opts.checkpointEvery ?? DEFAULT_CHECKPOINT_EVERY;
+    if (!Number.isInteger(this.checkpointEvery) || this.checkpointEvery < 1) throw new Error('checkpointEvery must be a positive integer');
+    this.checkpointStmt = db.prepare('INSERT INTO audit_checkpoints (seq, hash, ts, signature) VALUES (?, ?, ?, ?)');
+    this.lastCheckpointStmt = db.prepare('SELECT MAX(seq) FROM audit_checkpoints').pluck();
+    this.appendTx = db.transaction((e: NewEvent) => this.appendInTx(e));
     this.lastStmt = db.prepare('SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1');
     this.insertStmt = db.prepare(
       'INSERT INTO events (seq, ts, tenant, sandbox, type, data, prev, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
@@ -59,26 +78,28 @@ export class EventLog {
    * on its own it opens one. Subscribers hear about it after the commit (see flush()).
    */
   append(e: NewEvent): AuditEvent {
-    const run = (): AuditEvent => {
-      const last = this.lastStmt.get() as { seq: number; hash: string } | undefined;
-      const prev = last?.hash ?? GENESIS;
-      const base = {
-        seq: (last?.seq ?? 0) + 1,
-        ts: new Date().toISOString(),
-        tenant: e.tenant,
-        sandbox: e.sandbox,
-        type: e.type,
-        data: e.data ?? {},
-      };
-      const event: AuditEvent = { ...base, prev, hash: eventHash(prev, base) };
-      this.insertStmt.run(event.seq, event.ts, event.tenant, event.sandbox, event.type, JSON.stringify(event.data), prev, event.hash);
-      this.pending.push(event);
-      return event;
-    };
-    if (this.db.inTransaction) return run();
-    const ev = this.db.transaction(run).immediate();
+    if (this.db.inTransaction) return this.appendInTx(e);
+    const ev = this.appendTx.immediate(e);
     this.flush();
     return ev;
+  }
+
+  private appendInTx(e: NewEvent): AuditEvent {
+    const last = this.lastStmt.get() as { seq: number; hash: string } | undefined;
+    const prev = last?.hash ?? GENESIS;
+    const seq = (last?.seq ?? 0) + 1;
+    const ts = new Date().toISOString();
+    const data = e.data ?? {};
+    // Canonical data text, hashed as stored: one canonicalization per event, and verify can
+    // hash the stored text without parsing it (same value as eventHash()).
+    const dataText = canonicalJson(data);
+    const hash = storedEventHash(seq, ts, e.tenant, e.sandbox, e.type, dataText, prev).fast;
+    this.insertStmt.run(seq, ts, e.tenant, e.sandbox, e.type, dataText, prev, hash);
+    // Same transaction as the event that reaches the boundary: no window where it is unsigned.
+    if (this.opts.signer && seq % this.checkpointEvery === 0) this.writeCheckpoint(seq, hash, ts);
+    const event: AuditEvent = { seq, ts, tenant: e.tenant, sandbox: e.sandbox, type: e.type, data, prev, hash };
+    this.pending.push(event);
+    return event;
   }
 
   /** Publishes events appended by committed transactions. Call after a transaction that appended. */
@@ -86,6 +107,22 @@ export class EventLog {
     const batch = this.pending;
     this.pending = [];
     for (const ev of batch) this.emitter.emit('event', ev);
+  }
+
+  /** Signs the current head unless a checkpoint already covers it (clean close). */
+  checkpointHead(): void {
+    if (!this.opts.signer) return;
+    this.db.transaction(() => {
+      const last = this.lastStmt.get() as { seq: number; hash: string } | undefined;
+      if (!last) return;
+      const covered = this.lastCheckpointStmt.get() as number | null;
+      if (covered !== null && covered >= last.seq) return;
+      this.writeCheckpoint(last.seq, last.hash, new Date().toISOString());
+    }).immediate();
+  }
+
+  private writeCheckpoint(seq: number, hash: string, ts: string): void {
+    this.checkpointStmt.run(seq, hash, ts, this.opts.signer!.sign(checkpointMessage(seq, hash, ts)));
   }
 
   /** Forget events of a rolled-back transaction. */
@@ -110,20 +147,8 @@ export class EventLog {
     return () => this.emitter.off('event', listener);
   }
 
-  /** Recomputes the chain; returns the seq of the first broken link, or null when intact. */
-  verify(): { ok: boolean; count: number; brokenAt: number | null; detail?: string } {
-    let prev = GENESIS;
-    let expectSeq = 1;
-    let count = 0;
-    for (const r of this.db.prepare('SELECT * FROM events ORDER BY seq ASC').iterate() as IterableIterator<EventRow>) {
-      const e = rowToEvent(r);
-      if (e.seq !== expectSeq) return { ok: false, count, brokenAt: expectSeq, detail: `event ${expectSeq} is missing` };
-      if (e.prev !== prev) return { ok: false, count, brokenAt: e.seq, detail: 'prev does not match the previous hash' };
-      if (eventHash(prev, e) !== e.hash) return { ok: false, count, brokenAt: e.seq, detail: 'hash does not match the content' };
-      prev = e.hash;
-      expectSeq++;
-      count++;
-    }
-    return { ok: true, count, brokenAt: null };
+  /** Recomputes the chain and checks the signed checkpoints (audit/verify-log.ts). */
+  verify(): VerifyResult {
+    return verifyEventLog(this.db, this.opts.signer ? parsePublicKey(this.opts.signer.publicKeyPem) : null);
   }
 }

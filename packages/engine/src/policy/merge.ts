@@ -13,7 +13,7 @@ const rank = (r: RuntimeName): number => RUNTIME_ORDER.indexOf(r);
 export const strongerRuntime = (a: RuntimeName, b: RuntimeName): RuntimeName => (rank(a) >= rank(b) ? a : b);
 
 type Section = Exclude<keyof PolicyDocument, 'description'>;
-const SECTIONS: Section[] = ['runtimes', 'resources', 'templates', 'network', 'mounts', 'lifetime', 'exec', 'approvals', 'quotas'];
+const SECTIONS: Section[] = ['runtimes', 'resources', 'templates', 'network', 'mounts', 'lifetime', 'exec', 'approvals', 'quotas', 'detectors', 'evidence'];
 
 export function mergePolicies(base: PolicyDocument | null, over: PolicyDocument | null): PolicyDocument {
   const out: Record<string, unknown> = {};

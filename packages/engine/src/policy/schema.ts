@@ -7,6 +7,7 @@ import { isAbsolute } from 'node:path';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { z } from 'zod';
 import { badRequest } from '../errors.js';
+import { DETECTOR_NAMES } from '../detectors/rules.js';
 import { egressRuleSchema } from '../network/egress-policy.js';
 import { MAX_TIMEOUT_SECONDS } from '../sandbox/spec.js';
 import { RUNTIME_ORDER, type RuntimeName } from '../types.js';
@@ -84,10 +85,31 @@ export const policyDocumentSchema = z.object({
     maxSeconds: seconds,
   }).strict().optional(),
   exec: z.object({
-    /** Record each command's output (capped) in its exec.exited audit event. */
+    /** Record each command's output (capped) in the blob store, named by its exec record (default true). */
     recordOutput: z.boolean(),
-    /** Bytes kept per stream when recorded (default 16384). */
+    /** Bytes kept per stream when recorded (default 65536). */
     outputCapBytes: z.number().int().min(0).max(1024 * 1024).optional(),
+  }).strict().optional(),
+  /** Evidence kept beyond the audit log (docs/records.md). */
+  evidence: z.object({
+    /** gvisor sandboxes: trace syscalls (runsc --strace), kept as an evidence.strace blob at the end. */
+    syscallTrace: z.boolean().optional(),
+    /** container sandboxes: a file.changes event after each exec and at the end (default true). */
+    fileChanges: z.boolean().optional(),
+    /** Only these syscalls (default: all). */
+    syscalls: z.array(z.string().regex(/^[a-z0-9_]{1,32}$/, 'must be a syscall name')).min(1).max(400).optional(),
+  }).strict().optional(),
+  /** Which alert.* detectors run for this tenant's sandboxes (docs/records.md#detectors); all by default. */
+  detectors: z.object({
+    /** Only these run (default: all). */
+    enabled: z.array(z.enum(DETECTOR_NAMES)).max(DETECTOR_NAMES.length).optional(),
+    /** These never run (wins over enabled). */
+    disabled: z.array(z.enum(DETECTOR_NAMES)).max(DETECTOR_NAMES.length).optional(),
+    /** repeated_denials fires at `count` denials within `windowSeconds` (default 5 in 60). */
+    repeatedDenials: z.object({
+      count: z.number().int().min(1).max(10_000),
+      windowSeconds: z.number().int().min(1).max(86_400),
+    }).strict().optional(),
   }).strict().optional(),
   /** What needs a person's approval ('ask') or is refused outright ('deny'). */
   approvals: z.object({

@@ -25,6 +25,8 @@ export interface SandboxLaunch {
    * copies it), to become the sandbox's writable layer.
    */
   blankLayer: string;
+  /** gVisor only: trace the sandbox's syscalls (runsc --strace) as evidence (telemetry/syscall-trace.ts). */
+  syscallTrace?: { syscalls?: string[] };
   /** Host directories of the sandbox's volumes, bound after spec.mounts. */
   volumeBinds: MountSpec[];
   /** Files the engine provides (e.g. /etc/resolv.conf), bound read-only last. */

@@ -4,6 +4,7 @@ import type { RuntimeName } from '../types.js';
 import { run } from '../util/run.js';
 import { cgroupsPathFor, ContainerDriver, killInitProcess } from './container-driver.js';
 import type { SandboxLaunch } from './driver.js';
+import { straceFlags } from '../telemetry/syscall-trace.js';
 
 /**
  * The `gvisor` tier: the same OCI bundle as `container`, run by runsc, so every system call
@@ -48,6 +49,7 @@ export class GvisorDriver extends ContainerDriver {
   protected override runtimeArgs(launch?: SandboxLaunch): string[] {
     const args = ['--root', this.stateRoot, `--platform=${this.platform}`, '--host-uds=open'];
     if (launch) args.push(`--network=${launch.netnsPath ? 'host' : 'none'}`);
+    if (launch?.syscallTrace) args.push(...straceFlags(launch.dir, launch.syscallTrace.syscalls));
     return args;
   }
 

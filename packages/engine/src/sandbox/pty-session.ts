@@ -3,6 +3,7 @@
  * agent's PTY exec), with input, resize, signals and per-session flow control. The engine
  * hands startPtySession a PtyContext for a running, reachable sandbox.
  */
+import { newExecId } from '../util/ids.js';
 import { z } from 'zod';
 import { AgentError, type AgentExecHandle, type AgentExecSpec, type AgentExit, type AgentLink } from '../agent/agent-link.js';
 import { AirlockError, badRequest } from '../errors.js';
@@ -191,7 +192,7 @@ export async function startPtySession(ctx: PtyContext): Promise<PtySession> {
 
   handle = ctx.link.exec(ctx.spec, { onStdout: onOutput, onStderr: onOutput });
   const cmd = ctx.spec.argv;
-  const execId = `${ctx.sandbox}-${handle.channel}`;
+  const execId = newExecId(ctx.sandbox, handle.channel);
   if (handle.channel) ctx.execIds.set(handle.channel, execId);
   let pid: number;
   try {

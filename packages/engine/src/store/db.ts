@@ -105,6 +105,62 @@ const MIGRATIONS: string[] = [
      updated_at INTEGER NOT NULL,
      PRIMARY KEY (tenant, name)
    );`,
+  // audit_checkpoints (audit/event-log.ts): the chain head signed with the ed25519 key outside
+  // this database every N events and at clean close, so a dropped tail is detectable.
+  `CREATE TABLE audit_checkpoints (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     seq INTEGER NOT NULL,
+     hash TEXT NOT NULL,
+     ts TEXT NOT NULL,
+     signature TEXT NOT NULL
+   );
+   CREATE INDEX audit_checkpoints_seq ON audit_checkpoints(seq);`,
+  // metering (metering/usage-repo.ts): per (UTC day, sandbox) usage = the daily rollup, and each
+  // live sandbox's last cgroup reading so a restart neither loses nor double-counts CPU time.
+  `CREATE TABLE usage_daily (
+     day TEXT NOT NULL,
+     sandbox TEXT NOT NULL,
+     tenant TEXT NOT NULL,
+     cpu_seconds REAL NOT NULL DEFAULT 0,
+     memory_gib_seconds REAL NOT NULL DEFAULT 0,
+     disk_gib_hours REAL NOT NULL DEFAULT 0,
+     net_bytes_in INTEGER NOT NULL DEFAULT 0,
+     net_bytes_out INTEGER NOT NULL DEFAULT 0,
+     PRIMARY KEY (day, sandbox)
+   );
+   CREATE INDEX usage_daily_tenant ON usage_daily(tenant, day);
+   CREATE INDEX usage_daily_sandbox ON usage_daily(sandbox);
+   CREATE TABLE usage_meter (
+     sandbox TEXT PRIMARY KEY,
+     cpu_seconds REAL NOT NULL,
+     sampled_at INTEGER NOT NULL
+   );`,
+  // exec records (records/exec-records.ts); the output lives in the blob store, named by sha256.
+  `CREATE TABLE exec_records (
+     exec_id TEXT PRIMARY KEY,
+     sandbox TEXT NOT NULL,
+     tenant TEXT NOT NULL,
+     cmd TEXT NOT NULL,
+     env_names TEXT NOT NULL,
+     cwd TEXT NOT NULL,
+     user TEXT,
+     pty INTEGER NOT NULL,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER NOT NULL,
+     exit_code INTEGER NOT NULL,
+     reason TEXT NOT NULL,
+     stdout_bytes INTEGER NOT NULL,
+     stdout_sha256 TEXT,
+     stdout_stored INTEGER NOT NULL,
+     stdout_truncated INTEGER NOT NULL,
+     stderr_bytes INTEGER NOT NULL,
+     stderr_sha256 TEXT,
+     stderr_stored INTEGER NOT NULL,
+     stderr_truncated INTEGER NOT NULL
+   );
+   CREATE INDEX exec_records_sandbox ON exec_records(sandbox, started_at);
+   CREATE INDEX exec_records_tenant_stdout ON exec_records(tenant, stdout_sha256);
+   CREATE INDEX exec_records_tenant_stderr ON exec_records(tenant, stderr_sha256);`,
 ];
 
 export function openDb(file: string): Db {

@@ -62,6 +62,10 @@ export const METHOD_ACCESS: Record<CallerMethod, Rule> = {
   execBackground: r(SANDBOX_USERS, true, true),
   openPty: r(SANDBOX_USERS, true, true),
   listProcesses: r(SANDBOX_READERS, true, true),
+  snapshotProcesses: r(SANDBOX_READERS, true, true),
+  sandboxHistory: r(SANDBOX_READERS, true, false),
+  // Blobs are named by content, not sandbox: an exec key (bound to one sandbox) may not read them.
+  readBlob: r(EVERYONE_IN_TENANT, false, false),
   killProcess: r(SANDBOX_USERS, true, true),
   readFile: r(SANDBOX_READERS, true, true),
   readFileStream: r(SANDBOX_READERS, true, true),
@@ -80,6 +84,12 @@ export const METHOD_ACCESS: Record<CallerMethod, Rule> = {
   deleteVolume: r(WRITERS, false, true),
   listEvents: r(EVERYONE_IN_TENANT, false, false),
   subscribeEvents: r(EVERYONE_IN_TENANT, false, false),
+  // Usage: a tenant's own figures (the method confines a tenant key to its tenant).
+  usage: r(EVERYONE_IN_TENANT, false, false),
+  // The whole log spans every tenant: verifying it is the operator's.
+  verifyAudit: r(ADMIN, false, false),
+  auditPublicKey: r(ADMIN, false, false),
+  exportAudit: r(ADMIN, false, false),
   createTenant: r(ADMIN, false, false),
   listTenants: r(ADMIN, false, false),
   deleteTenant: r(ADMIN, false, false),

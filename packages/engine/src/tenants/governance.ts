@@ -32,7 +32,8 @@ export const SYSTEM_TENANT = 'system';
 const TENANT_NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/;
 const RESERVED = new Set([SYSTEM_TENANT, '*']);
 const LIVE_STATES = "('creating','running','paused')";
-const DEFAULT_OUTPUT_CAP = 16 * 1024;
+/** Recorded output per stream when the policy is silent (docs/records.md). */
+const DEFAULT_OUTPUT_CAP = 64 * 1024;
 
 export interface GovernanceDeps {
   db: Db;
@@ -53,6 +54,9 @@ const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString()
 function keyInfo(k: ApiKeyRow): ApiKeyInfo {
   return { id: k.id, tenant: k.tenant, scope: k.scope, sandbox: k.sandbox, createdAt: iso(k.createdAt)!, revokedAt: iso(k.revokedAt), createdBy: k.createdBy };
 }
+
+/** How long an effective policy is reused before the store is read again (see effective()). */
+const EFFECTIVE_TTL_MS = 1000;
 
 export class Governance {
   private readonly policies: PolicyRepository;
@@ -196,6 +200,7 @@ export class Governance {
     this.d.tx(() => {
       if (key !== SERVER_DEFAULT) this.requireTenant(tenant);
       rec = this.policies.append(key, doc, caller.keyId ?? null);
+      this.effectiveCache.clear(); // the default's change reaches every tenant
       this.d.events.append({ tenant: key === SERVER_DEFAULT ? SYSTEM_TENANT : tenant, sandbox: null, type: 'policy.set', data: { tenant, version: rec.version, by: caller.keyId ?? null } });
     });
     return { tenant, version: rec.version, document: rec.document, createdAt: iso(rec.createdAt), createdBy: rec.createdBy, effective: this.effective(tenant) };
@@ -236,10 +241,20 @@ export class Governance {
 
   /** The server default overlaid by the tenant's document. */
   effective(tenant: string): PolicyDocument {
+    // Asked several times per exec and per event (detectors): kept briefly. A set in this process
+    // clears it at once; one made by another process sharing the data dir applies within
+    // EFFECTIVE_TTL_MS.
+    const now = Date.now();
+    const hit = this.effectiveCache.get(tenant);
+    if (hit && hit.until > now) return hit.doc;
     const base = this.policies.latest(SERVER_DEFAULT)?.document ?? null;
-    if (tenant === DEFAULT_TENANT) return base ?? {};
-    return mergePolicies(base, this.policies.latest(tenant)?.document ?? null);
+    const doc = tenant === DEFAULT_TENANT ? base ?? {} : mergePolicies(base, this.policies.latest(tenant)?.document ?? null);
+    if (this.effectiveCache.size > 10_000) this.effectiveCache.clear();
+    this.effectiveCache.set(tenant, { doc, until: now + EFFECTIVE_TTL_MS });
+    return doc;
   }
+
+  private readonly effectiveCache = new Map<string, { doc: PolicyDocument; until: number }>();
 
   // ---- hooks the engine calls ------------------------------------------------------------
 
@@ -292,14 +307,11 @@ export class Governance {
     }
   }
 
-  /** exec.recordOutput of the tenant's policy: the output for the exec.exited event (each stream capped), or nothing. */
-  recordedOutput(tenant: string, stdout: () => string, stderr: () => string): { stdout?: string; stderr?: string } {
+  /** Bytes of each output stream to keep in the blob store for an exec: exec.outputCapBytes, 0 when exec.recordOutput is false. */
+  outputRecordCap(tenant: string): number {
     const exec = this.effective(tenant).exec;
-    if (!exec?.recordOutput) return {};
-    const cap = exec.outputCapBytes ?? DEFAULT_OUTPUT_CAP;
-    // Cut at a byte count; a character split by the cut becomes U+FFFD.
-    const cut = (s: string) => Buffer.from(s, 'utf8').subarray(0, cap).toString('utf8');
-    return { stdout: cut(stdout()), stderr: cut(stderr()) };
+    if (exec?.recordOutput === false) return 0;
+    return exec?.outputCapBytes ?? DEFAULT_OUTPUT_CAP;
   }
 
   /** What the tenant holds now. */

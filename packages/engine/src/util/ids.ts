@@ -18,3 +18,12 @@ export const SANDBOX_ID_RE = /^[a-z0-9]{12}$/;
 export function newToken(): string {
   return randomBytes(32).toString('hex');
 }
+
+/**
+ * An exec's id: the sandbox, the agent channel and a random part. Channels restart with every
+ * agent connection (an engine restart, or each embedded CLI process), so the channel alone
+ * would name two execs alike.
+ */
+export function newExecId(sandbox: string, channel: number): string {
+  return `${sandbox}-${channel}-${randomBytes(3).toString('hex')}`;
+}

@@ -35,9 +35,10 @@ export function eventRoutes(app: FastifyInstance, engine: AirlockEngine, live: L
     },
   }, async (req, reply) => {
     const caller = callerOf(req);
-    const { sandbox, type, after, limit, follow } = req.query;
+    const { sandbox, type, tenant, after, limit, follow } = req.query;
     const filter: EventFilter = {};
     if (sandbox !== undefined) filter.sandbox = sandbox;
+    if (tenant !== undefined) filter.tenant = tenant;
     if (type !== undefined) filter.type = type;
     if (!follow) {
       return reply.send({ events: engine.listEvents(caller, { ...filter, afterSeq: after, limit: limit ?? 1000 }) });
