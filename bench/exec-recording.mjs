@@ -5,6 +5,7 @@
 // layer after each exec), alternating execs of a command that prints a line and writes a file.
 //
 //   N=400 node bench/exec-recording.mjs
+//   REC=0 / FC=0: the "full" side without output recording / without the file-change walk (diagnosis).
 import { rmSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,7 +23,7 @@ try {
   engine.createTenant(admin, 'bench-off');
   engine.createTenant(admin, 'bench-on');
   engine.setPolicy(admin, 'bench-off', { exec: { recordOutput: false }, evidence: { fileChanges: false } });
-  engine.setPolicy(admin, 'bench-on', { exec: { recordOutput: true, outputCapBytes: 65536 } });
+  engine.setPolicy(admin, 'bench-on', { exec: { recordOutput: process.env.REC !== '0', outputCapBytes: 65536 }, evidence: { fileChanges: process.env.FC !== '0' } });
   const off = { tenant: 'bench-off' };
   const on = { tenant: 'bench-on' };
   const a = await engine.createSandbox(off, { template: 'tiny', timeoutSeconds: 600 });

@@ -16,7 +16,7 @@ import { cgroupMode, childCgroups, removeCgroup } from './runtime/cgroups.js';
 import { cgroupsPathFor, ContainerDriver } from './runtime/container-driver.js';
 import { GvisorDriver } from './runtime/gvisor-driver.js';
 import { MicrovmDriver } from './runtime/microvm-driver.js';
-import { rootfsHelper } from './runtime/rootfs.js';
+import { rootfsHelper, rootfsPaths } from './runtime/rootfs.js';
 import type { RuntimeDriver, SandboxLaunch } from './runtime/driver.js';
 import { mapAgentError } from './sandbox/agent-errors.js';
 import { parseExec } from './sandbox/exec-schema.js';
@@ -41,9 +41,10 @@ import { guardCallerMethods, isAdmin, requireAdmin } from './tenants/access.js';
 import { BlobStore } from './records/blob-store.js';
 import { ExecRecordRepository, type ExecRecord, type RecordedStream } from './records/exec-records.js';
 import { buildHistory, type HistoryEntry } from './records/history.js';
-import { DetectorEngine } from './detectors/detector-engine.js';
-import { FileChangeTracker } from './telemetry/file-changes.js';
+import { DetectorEngine, detectorEnabled } from './detectors/detector-engine.js';
+import { FileChangeTracker, type FileChanges } from './telemetry/file-changes.js';
 import { collectStrace } from './telemetry/syscall-trace.js';
+import { CredentialReadWatch } from './telemetry/credential-reads.js';
 import { EngineMetering } from './metering/engine-metering.js';
 import type { PriceSheet, UsageQuery, UsageReport } from './metering/types.js';
 import type { ApiKeyInfo, CreatedApiKey, CreateKeyInput, PolicyTestInput, PolicyTestResult, PolicyVersionInfo, TenantInfo } from './engine-api.js';
@@ -197,6 +198,8 @@ export class Engine implements AirlockEngine {
   private readonly execRecords: ExecRecordRepository;
   private readonly detectors: DetectorEngine;
   private readonly fileChanges = new FileChangeTracker();
+  /** Opens of credential-like files by container sandboxes' processes, seen from the host (fanotify). */
+  private readonly credentialReads: CredentialReadWatch;
   private readonly diskWatch: DiskWatch;
   private readonly metering: EngineMetering;
   private readonly network: NetworkManager;
@@ -271,12 +274,18 @@ export class Engine implements AirlockEngine {
       db: this.db, events: this.events, tx: (fn) => this.tx(fn), options: opts.approvals ?? {},
       policyOf: (t) => this.governance.effective(t).approvals, log: (level, msg, data) => this.log(level, msg, data),
     });
-    this.blobs = new BlobStore(join(this.dataDir, 'blobs'));
+    this.blobs = new BlobStore(join(this.dataDir, 'blobs'), this.db);
     this.execRecords = new ExecRecordRepository(this.db);
     this.detectors = new DetectorEngine({
       events: this.events, policyOf: (t) => this.governance.effective(t).detectors, log: (level, msg, data) => this.log(level, msg, data),
     });
     this.detectors.start();
+    this.credentialReads = new CredentialReadWatch({
+      binary: join(dirname(this.agentBinary), 'airlock-fawatch'), events: this.events,
+      tenantOf: (id) => this.sandboxes.get(id)?.tenant ?? null,
+      enabled: (t) => detectorEnabled(this.governance.effective(t).detectors, 'credential_read'),
+      log: (level, msg, data) => this.log(level, msg, data),
+    });
     // Key scopes are checked in front of every method that takes a Caller.
     guardCallerMethods(this);
     this.network = new NetworkManager({
@@ -429,6 +438,8 @@ export class Engine implements AirlockEngine {
         ...this.syscallTraceOf(rec),
       });
       await ready;
+      // Before create returns, so the caller's first command is already watched.
+      if (spec.runtime === 'container') await this.credentialReads.watch(rec.id, tenant, rootfsPaths(dir).rootfs);
       if (lease && !driver.networkBeforeStart) {
         // Plumbed before create returns: no command of the caller runs before the rules exist.
         const pid = await driver.networkPid(rec.id);
@@ -440,6 +451,7 @@ export class Engine implements AirlockEngine {
       this.log('error', 'sandbox failed to start', { sandbox: rec.id, error: message });
       this.live.delete(rec.id);
       await link?.close().catch(() => {});
+      await this.credentialReads.unwatch(rec.id);
       await driver.destroy(rec.id).catch(() => {});
       if (wantsNetwork) await this.network.teardown(rec.id, lease).catch(() => {});
       this.secretBroker.unregister(rec.id);
@@ -688,11 +700,13 @@ export class Engine implements AirlockEngine {
       handlers.signal?.removeEventListener('abort', onAbort);
       live.execIds.delete(handle.channel);
     }
-    const durationMs = Date.now() - started;
+    const ended = Date.now();
+    const durationMs = ended - started;
     this.diskWatch.observe(id, rec.spec.resources.diskMiB, driver.diskUsage(id));
-    // The exec record and its output blobs (capped per policy), with exec.exited in one transaction.
-    this.recordExec(rec, { execId, req, started, exit, out, err });
-    await this.recordFileChanges(rec, { at: 'exec', execId });
+    // The layer is looked at first, so that the exec record, its output blobs (capped per policy),
+    // exec.exited and file.changes commit in one transaction: one commit per exec.
+    const changes = this.closed ? null : await this.fileChangesNow(rec);
+    this.recordExec(rec, { execId, req, started, ended, exit, out, err, changes });
     const result: ExecResult = { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs, reason: exit.reason };
     if (out.truncated || err.truncated) result.truncated = true;
     return result;
@@ -701,6 +715,8 @@ export class Engine implements AirlockEngine {
   async execBackground(caller: Caller, id: string, reqIn: ExecRequest): Promise<{ pid: number; execId: string }> {
     const req = parseExec(reqIn);
     const { rec, live } = await this.ready(caller, id);
+    const before = this.drivers.get(rec.spec.runtime)!.limitCounters(id);
+    const started = Date.now();
     try {
       const handle = live.link.exec(this.agentSpec(rec, live, req, true));
       const execId = newExecId(id, handle.channel);
@@ -708,6 +724,8 @@ export class Engine implements AirlockEngine {
       handle.done.then(() => live.execIds.delete(handle.channel), () => live.execIds.delete(handle.channel));
       const pid = await handle.started;
       this.events.append({ tenant: rec.tenant, sandbox: id, type: 'exec.started', data: { execId, cmd: req.cmd, cwd: req.cwd ?? rec.spec.workdir, background: true, pid } });
+      this.recordBackgroundExit(rec, live, handle.done, { execId, req, started, before })
+        .catch((e) => this.log('warn', 'recording a background exec failed', { sandbox: id, execId, error: (e as Error).message }));
       return { pid, execId };
     } catch (e) {
       throw mapAgentError(e);
@@ -728,6 +746,14 @@ export class Engine implements AirlockEngine {
       envNames: Object.keys(req.env ?? {}),
       execIds: live.execIds,
       audit: (type, data) => { this.events.append({ tenant: rec.tenant, sandbox: id, type, data }); },
+      outputCap: this.governance.outputRecordCap(rec.tenant),
+      recordExit: (x) => {
+        try {
+          this.recordExec(rec, { execId: x.execId, req: { ...rest, cmd }, started: x.startedAt, ended: x.endedAt, exit: x.exit, out: x.output, err: null, kind: 'pty' });
+        } catch (e) {
+          this.log('warn', 'recording a terminal session failed', { sandbox: id, execId: x.execId, error: (e as Error).message });
+        }
+      },
       classify: (res, killed) => this.classifyExit(rec, res, before, killed),
       sandboxEnding: () => {
         const ending = live.ending;
@@ -767,14 +793,24 @@ export class Engine implements AirlockEngine {
 
   /** A file.changes event for what the writable layer gained and lost since the last look (docs/records.md). */
   private async recordFileChanges(rec: SandboxRecord, where: { at: 'exec' | 'end'; execId?: string }): Promise<void> {
-    // Only runc's overlay writes through to the host upper dir: gVisor keeps rootfs writes in its
-    // own overlay (filestore) and a microvm's layer is a disk image inside the VM.
-    if (rec.spec.runtime !== 'container' || !this.fileChangesOn(rec)) return;
+    const changes = await this.fileChangesNow(rec);
     try {
-      const changes = await this.fileChanges.changes(rec.id, this.upperDir(rec));
       if (changes && !this.closed) this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'file.changes', data: { ...where, ...changes } });
     } catch (e) {
       this.log('warn', 'file telemetry failed', { sandbox: rec.id, error: (e as Error).message });
+    }
+  }
+
+  /** What the writable layer gained and lost since the last look; null when nothing, or not looked at. */
+  private async fileChangesNow(rec: SandboxRecord): Promise<FileChanges | null> {
+    // Only runc's overlay writes through to the host upper dir: gVisor keeps rootfs writes in its
+    // own overlay (filestore) and a microvm's layer is a disk image inside the VM.
+    if (rec.spec.runtime !== 'container' || !this.fileChangesOn(rec)) return null;
+    try {
+      return await this.fileChanges.changes(rec.id, this.upperDir(rec));
+    } catch (e) {
+      this.log('warn', 'file telemetry failed', { sandbox: rec.id, error: (e as Error).message });
+      return null;
     }
   }
 
@@ -803,31 +839,72 @@ export class Engine implements AirlockEngine {
     }
   }
 
-  private recordExec(rec: SandboxRecord, x: { execId: string; req: ExecRequest; started: number; exit: { exitCode: number; reason: ExecReason }; out: Capture; err: Capture }): void {
-    const cap = this.governance.outputRecordCap(rec.tenant);
-    const stream = (c: Capture): RecordedStream => {
+  /**
+   * Records a finished exec: its output blobs (capped per policy; small ones inline), the exec
+   * record, exec.exited and (foreground) the file.changes it caused, in one transaction.
+   * `out`/`err` null: not captured (a background exec's streams go to /dev/null); a terminal
+   * session's one stream is its stdout.
+   */
+  private recordExec(rec: SandboxRecord, x: {
+    execId: string; req: Pick<ExecRequest, 'cmd' | 'env' | 'cwd' | 'user'>; started: number; ended: number;
+    exit: { exitCode: number; reason: ExecReason };
+    out: RecordedOutput | null; err: RecordedOutput | null;
+    kind?: 'pty' | 'background'; changes?: FileChanges | null;
+  }): void {
+    const cap = x.kind === 'background' ? 0 : this.governance.outputRecordCap(rec.tenant);
+    const stream = (c: RecordedOutput | null): RecordedStream => {
+      if (!c) return { bytes: 0, sha256: null, stored: 0, truncated: false };
       if (cap === 0) return { bytes: c.total, sha256: null, stored: 0, truncated: c.total > 0 };
       const kept = c.bytes().subarray(0, cap);
       const blob = this.blobs.put(kept);
       return { bytes: c.total, sha256: blob.sha256, stored: blob.size, truncated: c.total > blob.size };
     };
-    const stdout = stream(x.out);
-    const stderr = stream(x.err);
-    const ended = Date.now();
-    const record: ExecRecord = {
-      execId: x.execId, sandbox: rec.id, tenant: rec.tenant, cmd: x.req.cmd, envNames: Object.keys(x.req.env ?? {}),
-      cwd: x.req.cwd ?? rec.spec.workdir, user: x.req.user ? `${x.req.user.uid}:${x.req.user.gid}` : null, pty: false,
-      startedAt: new Date(x.started).toISOString(), endedAt: new Date(ended).toISOString(),
-      exitCode: x.exit.exitCode, reason: x.exit.reason, stdout, stderr,
-    };
+    const done = { execId: x.execId, exitCode: x.exit.exitCode, reason: x.exit.reason, durationMs: x.ended - x.started };
     this.tx(() => {
-      this.execRecords.insert(record);
-      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'exec.exited', data: {
-        execId: x.execId, exitCode: x.exit.exitCode, reason: x.exit.reason, durationMs: ended - x.started,
-        stdoutBytes: x.out.total, stderrBytes: x.err.total,
-        stdoutSha256: stdout.sha256, stderrSha256: stderr.sha256, stdoutStored: stdout.stored, stderrStored: stderr.stored,
-      } });
+      // Inside the transaction: small blobs are rows that commit with the record naming them.
+      const stdout = stream(x.out);
+      const stderr = stream(x.err);
+      this.execRecords.insert({
+        execId: x.execId, sandbox: rec.id, tenant: rec.tenant, cmd: x.req.cmd, envNames: Object.keys(x.req.env ?? {}),
+        cwd: x.req.cwd ?? rec.spec.workdir, user: x.req.user ? `${x.req.user.uid}:${x.req.user.gid}` : null,
+        pty: x.kind === 'pty', background: x.kind === 'background',
+        startedAt: new Date(x.started).toISOString(), endedAt: new Date(x.ended).toISOString(),
+        exitCode: x.exit.exitCode, reason: x.exit.reason, stdout, stderr,
+      });
+      this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'exec.exited', data: x.kind === 'pty'
+        ? { ...done, outputBytes: stdout.bytes, pty: true, stdoutSha256: stdout.sha256, stdoutStored: stdout.stored }
+        : x.kind === 'background'
+          ? { ...done, background: true }
+          : { ...done, stdoutBytes: stdout.bytes, stderrBytes: stderr.bytes,
+            stdoutSha256: stdout.sha256, stderrSha256: stderr.sha256, stdoutStored: stdout.stored, stderrStored: stderr.stored } });
+      if (x.changes) this.events.append({ tenant: rec.tenant, sandbox: rec.id, type: 'file.changes', data: { at: 'exec', execId: x.execId, ...x.changes } });
     });
+  }
+
+  /** A background exec's record once it ends (exit, reason, duration; its output was not captured). */
+  private async recordBackgroundExit(rec: SandboxRecord, live: LiveSandbox, done: Promise<AgentExit>,
+    x: { execId: string; req: ExecRequest; started: number; before: { oomKills: number; pidsMaxHits: number } }): Promise<void> {
+    let exit: { exitCode: number; reason: ExecReason };
+    try {
+      exit = this.classifyExit(rec, await done, x.before, false);
+    } catch (e) {
+      // The daemon is closing, not the sandbox: the process may live on, its end is not known here.
+      if (this.closed) return;
+      const ending = live.ending;
+      if (ending) {
+        await ending.done;
+        exit = { exitCode: ending.execReason === 'timeout' ? 124 : 137, reason: ending.execReason };
+      } else if ((e as Error).name === 'AgentDisconnectedError') {
+        exit = { exitCode: 137, reason: 'sandbox_ended' };
+      } else {
+        exit = { exitCode: 125, reason: 'error' };
+      }
+    }
+    try {
+      this.recordExec(rec, { execId: x.execId, req: x.req, started: x.started, ended: Date.now(), exit, out: null, err: null, kind: 'background' });
+    } catch (e) {
+      if (!this.closed) this.log('warn', 'recording a background exec failed', { sandbox: rec.id, execId: x.execId, error: (e as Error).message });
+    }
   }
 
   async listProcesses(caller: Caller, id: string): Promise<ProcessInfo[]> {
@@ -1319,6 +1396,7 @@ export class Engine implements AirlockEngine {
     this.live.clear();
     await Promise.all([...this.networkOps.values()].map((p) => p.catch(() => {})));
     await this.network.close();
+    await this.credentialReads.close();
     this.detectors.stop();
     this.governance.close();
     // A signed head makes dropping events written since the last boundary detectable.
@@ -1423,6 +1501,8 @@ export class Engine implements AirlockEngine {
       await this.recordFileChanges(rec, { at: 'end' });
       this.fileChanges.forget(id);
       this.recordStrace(rec);
+      // Before destroy: queued events hold the rootfs busy until the watch is gone.
+      await this.credentialReads.unwatch(id);
       try {
         await driver?.destroy(id);
       } catch (e) {
@@ -1527,6 +1607,7 @@ export class Engine implements AirlockEngine {
         this.attach(rec.id, link, template?.env ?? []);
         keep.add(rec.id);
         adopted.push(rec.id);
+        if (rec.spec.runtime === 'container') await this.credentialReads.watch(rec.id, rec.tenant, rootfsPaths(join(this.dataDir, 'sandboxes', rec.id)).rootfs);
         // A crash between the runtime's pause/resume and the store's update: the runtime is right.
         const actual: SandboxState = status === 'paused' ? 'paused' : 'running';
         if (rec.state !== actual) {
@@ -1590,6 +1671,12 @@ export class Engine implements AirlockEngine {
 }
 
 /** Bounded capture of one output stream, decoded once at the end so multi-byte characters stay whole. */
+/** What an exec record keeps of a stream: the bytes written, and the first of them (Capture). */
+interface RecordedOutput {
+  total: number;
+  bytes(): Buffer;
+}
+
 class Capture {
   private chunks: Buffer[] = [];
   private kept = 0;

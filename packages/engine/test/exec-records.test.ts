@@ -5,12 +5,16 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync } from 'node:fs';
+import Database from 'better-sqlite3';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Caller } from '../src/engine-api.js';
 import type { Engine } from '../src/engine.js';
 import type { HistoryEntry } from '../src/records/history.js';
+import { readBundleTar } from '../src/audit/bundle-tar.js';
+import { verifyBundle } from '../src/audit/evidence-bundle.js';
+import { INLINE_MAX_BYTES } from '../src/records/blob-store.js';
 import { closeAndClean, openTestEngine } from './support.js';
 
 const ADMIN: Caller = { tenant: null };
@@ -24,6 +28,23 @@ const ids: string[] = [];
 let id: string;
 
 const execs = (h: HistoryEntry[]) => h.filter((e): e is Extract<HistoryEntry, { kind: 'exec' }> => e.kind === 'exec');
+const blobFile = (sha: string) => join(dataDir, 'blobs', 'sha256', sha.slice(0, 2), sha.slice(2));
+/** The stored bytes of an inline blob (a second connection, as another process would read it), or null. */
+function inlineBlob(sha: string): Buffer | null {
+  const db = new Database(join(dataDir, 'airlock.db'), { readonly: true });
+  try {
+    return (db.prepare('SELECT data FROM blobs_inline WHERE sha256 = ?').pluck().get(sha) as Buffer | undefined) ?? null;
+  } finally {
+    db.close();
+  }
+}
+async function waitFor<T>(what: string, fn: () => T | undefined, ms = 10_000): Promise<T> {
+  for (const until = Date.now() + ms; Date.now() < until; await new Promise((r) => setTimeout(r, 25))) {
+    const v = fn();
+    if (v !== undefined) return v;
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
 
 before(async () => {
   ({ engine, dataDir } = await openTestEngine('records'));
@@ -55,8 +76,11 @@ describe('exec records', () => {
     assert.deepEqual([a.stdout.bytes, a.stdout.stored, a.stdout.truncated], [6, 6, false]);
     assert.equal(engine.readBlob(t, a.stdout.sha256!).toString(), 'hello\n');
     assert.equal(engine.readBlob(t, b.stderr.sha256!).toString(), 'oops\n');
-    const shard = join(dataDir, 'blobs', 'sha256', a.stdout.sha256!.slice(0, 2));
-    assert.deepEqual(readdirSync(shard).filter((f) => f.startsWith(a.stdout.sha256!.slice(2))), [a.stdout.sha256!.slice(2)], 'one file, no temp left');
+    // Small output is stored inline, in the database, with the record (and no file).
+    assert.equal(inlineBlob(a.stdout.sha256!)?.toString(), 'hello\n');
+    assert.equal(existsSync(blobFile(a.stdout.sha256!)), false);
+    assert.equal(b.stderr.stored, 5);
+    assert.equal(inlineBlob(b.stderr.sha256!)?.toString(), 'oops\n');
     const exited = engine.listEvents(ADMIN, { sandbox: id, type: 'exec.exited' });
     assert.equal(exited[0]!.data.stdoutSha256, a.stdout.sha256, 'the event names the blob');
     assert.equal(exited[0]!.data.stdout, undefined, 'the event does not carry the output');
@@ -163,17 +187,102 @@ describe('exec records', () => {
     const snap = await engine.snapshotProcesses(t, id);
     assert.ok(snap.processes.some((p) => p.pid === bg.pid && p.cmdline[0] === 'sleep'), JSON.stringify(snap.processes));
     await engine.killProcess(t, id, bg.pid, 9);
+    await waitFor('the background record', () => execs(engine.sandboxHistory(t, id)).find((e) => e.exec.execId === bg.execId));
     const h = engine.sandboxHistory(t, id);
     const kinds = h.map((e) => (e.kind === 'exec' ? `exec:${e.exec.cmd[0]}` : e.type));
     assert.equal(kinds[0], 'sandbox.created');
     const at = (k: string) => kinds.indexOf(k);
     assert.ok(at('exec:echo') < at('exec:sh') && at('exec:sh') < at('process.snapshot'), kinds.join(' '));
-    assert.ok(kinds.includes('exec.started'), 'a background exec stays as its event');
-    assert.ok(!kinds.includes('exec.exited') || h.filter((e) => e.kind === 'event' && e.type === 'exec.exited').every((e) => e.kind === 'event' && e.data.execId === bg.execId));
+    assert.ok(!kinds.includes('exec.started') && !kinds.includes('exec.exited'), 'every exec here has its record');
+    const sleep = execs(h).find((e) => e.exec.execId === bg.execId)!.exec;
+    assert.deepEqual([sleep.background, sleep.exitCode, sleep.reason], [true, 137, 'signaled']);
     const ts = h.map((e) => e.ts);
     assert.deepEqual(ts, [...ts].sort(), 'oldest first');
     const snapEv = engine.listEvents(ADMIN, { sandbox: id, type: 'process.snapshot' });
     assert.equal(snapEv.length, 1);
     assert.ok(existsSync(join(dataDir, 'blobs')));
+  });
+
+  test(`output up to ${INLINE_MAX_BYTES} bytes is inline, larger is a file; both read back byte-exact`, async () => {
+    const lines = (n: number) => Array.from({ length: n }, (_, i) => `${String(i).padStart(9, '0')}\n`).join('');
+    const big = lines(2000); // 20 000 bytes
+    const r = await engine.exec(t, id, { cmd: ['sh', '-c', 'i=0; while [ $i -lt 2000 ]; do printf "%09d\\n" $i; i=$((i+1)); done; head -c 16384 /dev/zero | tr "\\0" b >&2'] });
+    assert.equal(r.stdout, big);
+    const rec = execs(engine.sandboxHistory(t, id)).at(-1)!.exec;
+    assert.deepEqual([rec.stdout.stored, rec.stderr.stored], [20_000, INLINE_MAX_BYTES]);
+    assert.ok(engine.readBlob(t, rec.stdout.sha256!).equals(Buffer.from(big)));
+    assert.ok(engine.readBlob(t, rec.stderr.sha256!).equals(Buffer.alloc(INLINE_MAX_BYTES, 'b')));
+    assert.equal(inlineBlob(rec.stdout.sha256!), null, 'big output is not inline');
+    assert.ok(existsSync(blobFile(rec.stdout.sha256!)), 'big output is a file');
+    assert.ok(inlineBlob(rec.stderr.sha256!)?.equals(Buffer.alloc(INLINE_MAX_BYTES, 'b')), 'exactly the limit is inline');
+    assert.equal(existsSync(blobFile(rec.stderr.sha256!)), false);
+    // The evidence export carries both, and its own check accepts them.
+    const bundle = engine.exportAudit(ADMIN, { sandbox: id });
+    const files = readBundleTar(bundle);
+    assert.ok(files.get(`output-${rec.stdout.sha256}`)?.equals(Buffer.from(big)));
+    assert.ok(files.get(`output-${rec.stderr.sha256}`)?.equals(Buffer.alloc(INLINE_MAX_BYTES, 'b')));
+    assert.equal(verifyBundle(bundle).ok, true);
+  });
+
+  test('a data dir from before inline blobs (output only as files) still reads', async () => {
+    await engine.exec(t, id, { cmd: ['echo', 'from an old data dir'] });
+    const rec = execs(engine.sandboxHistory(t, id)).at(-1)!.exec;
+    const sha = rec.stdout.sha256!;
+    // Rewrite the store as an old Airlock left it: the blob as a file, no inline row.
+    mkdirSync(join(dataDir, 'blobs', 'sha256', sha.slice(0, 2)), { recursive: true });
+    writeFileSync(blobFile(sha), 'from an old data dir\n');
+    const db = new Database(join(dataDir, 'airlock.db'));
+    try {
+      db.pragma('busy_timeout = 5000');
+      assert.equal(db.prepare('DELETE FROM blobs_inline WHERE sha256 = ?').run(sha).changes, 1);
+    } finally {
+      db.close();
+    }
+    assert.equal(inlineBlob(sha), null);
+    assert.equal(engine.readBlob(t, sha).toString(), 'from an old data dir\n');
+    assert.equal(readBundleTar(engine.exportAudit(ADMIN, { sandbox: id })).get(`output-${sha}`)?.toString(), 'from an old data dir\n');
+  });
+
+  test('exec.exited and file.changes commit together, in that order, both naming the exec', async () => {
+    const s = await engine.createSandbox(t, { template: 'tiny', runtime: 'container', timeoutSeconds: 60 });
+    ids.push(s.id);
+    try {
+      await engine.exec(t, s.id, { cmd: ['true'] });
+      await engine.exec(t, s.id, { cmd: ['sh', '-c', 'echo one > /work/together'] });
+      const evs = engine.listEvents(ADMIN, { sandbox: s.id });
+      const changes = evs.filter((e) => e.type === 'file.changes').at(-1)!;
+      const exited = evs.find((e) => e.type === 'exec.exited' && e.data.execId === changes.data.execId)!;
+      assert.equal(changes.seq, exited.seq + 1);
+      assert.equal(changes.data.at, 'exec');
+    } finally {
+      await engine.killSandbox(t, s.id);
+    }
+  });
+
+  test('a background exec gets a record when it ends (no output: not captured), with one exec.exited', async () => {
+    const bg = await engine.execBackground(t, id, { cmd: ['sh', '-c', 'echo unseen; exit 7'], env: { BG_NAME: 'v' } });
+    const rec = await waitFor('the record', () => execs(engine.sandboxHistory(t, id)).find((e) => e.exec.execId === bg.execId)?.exec);
+    assert.deepEqual([rec.background, rec.pty, rec.exitCode, rec.reason], [true, false, 7, 'exited']);
+    assert.deepEqual(rec.envNames, ['BG_NAME']);
+    assert.deepEqual(rec.stdout, { bytes: 0, sha256: null, stored: 0, truncated: false });
+    const exited = engine.listEvents(ADMIN, { sandbox: id, type: 'exec.exited' }).filter((e) => e.data.execId === bg.execId);
+    assert.equal(exited.length, 1);
+    assert.deepEqual([exited[0]!.data.background, exited[0]!.data.exitCode], [true, 7]);
+    assert.ok(Date.parse(rec.endedAt) >= Date.parse(rec.startedAt));
+  });
+
+  test('a terminal session gets a record with its output (up to the cap), with one exec.exited', async () => {
+    const s = await engine.openPty(t, id, { cmd: ['/bin/sh', '-c', 'echo pty-said-this; exit 2'] });
+    const exit = await s.exited;
+    assert.equal(exit.exitCode, 2);
+    const rec = execs(engine.sandboxHistory(t, id)).find((e) => e.exec.execId === s.execId)!.exec;
+    assert.deepEqual([rec.pty, rec.background, rec.exitCode, rec.reason], [true, false, 2, 'exited']);
+    assert.deepEqual(rec.cmd, ['/bin/sh', '-c', 'echo pty-said-this; exit 2']);
+    assert.match(engine.readBlob(t, rec.stdout.sha256!).toString(), /pty-said-this\r\n/);
+    assert.equal(rec.stdout.stored, rec.stdout.bytes);
+    assert.equal(rec.stderr.sha256, null);
+    const exited = engine.listEvents(ADMIN, { sandbox: id, type: 'exec.exited' }).filter((e) => e.data.execId === s.execId);
+    assert.equal(exited.length, 1);
+    assert.deepEqual([exited[0]!.data.pty, exited[0]!.data.outputBytes, exited[0]!.data.stdoutSha256], [true, rec.stdout.bytes, rec.stdout.sha256]);
   });
 });

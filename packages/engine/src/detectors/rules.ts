@@ -68,7 +68,10 @@ export function immediateFinding(e: AuditEvent): Finding | null {
     case 'file.read': {
       const path = typeof d.path === 'string' ? d.path : '';
       if (!isCredentialPath(path)) return null;
-      return { detector: 'credential_read', subject: path, data: { path, via: 'files-api', eventSeq: e.seq } };
+      // `via`: the files API, or 'sandbox' for an open by the sandbox's own processes (telemetry/credential-reads.ts).
+      const via = typeof d.via === 'string' ? d.via : 'files-api';
+      const opener = via === 'sandbox' ? { pid: d.pid ?? null, comm: d.comm ?? null } : {};
+      return { detector: 'credential_read', subject: path, data: { path, via, ...opener, eventSeq: e.seq } };
     }
     case 'limit.pids':
       return { detector: 'fork_bomb', subject: 'pids', data: { limit: d.limit ?? null, hits: d.hits ?? null, eventSeq: e.seq } };

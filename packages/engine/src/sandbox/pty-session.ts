@@ -85,6 +85,10 @@ export interface PtyContext {
   /** The sandbox's channel → exec id map (for the process list). */
   execIds: Map<number, string>;
   audit(type: string, data: Record<string, unknown>): void;
+  /** Terminal output to keep for the exec record: the tenant's output cap (0: sizes only). */
+  outputCap: number;
+  /** Records the ended session: its exec record and exec.exited event, with the kept output. */
+  recordExit(x: { execId: string; startedAt: number; endedAt: number; exit: { exitCode: number; reason: ExecReason }; output: { total: number; bytes(): Buffer } }): void;
   /** How an exit the agent reported maps to an exit code and reason (timeouts, OOM, signals). */
   classify(res: AgentExit, killed: boolean): { exitCode: number; reason: ExecReason; signal?: number };
   /** Null while the sandbox lives on; once it is ending, settles when that end is recorded, with what its execs report. */
@@ -149,6 +153,9 @@ export async function startPtySession(ctx: PtyContext): Promise<PtySession> {
   let backlog: Buffer[] = [];
   let backlogBytes = 0;
   let outputBytes = 0;
+  // The first outputCap bytes, copied (the link's frames are not ours to hold), for the record.
+  const kept: Buffer[] = [];
+  let keptBytes = 0;
   let userPaused = false;
   let killed = false;
   let ended = false;
@@ -167,6 +174,11 @@ export async function startPtySession(ctx: PtyContext): Promise<PtySession> {
   };
   const onOutput = (chunk: Buffer) => {
     outputBytes += chunk.length;
+    if (keptBytes < ctx.outputCap) {
+      const part = Buffer.from(chunk.subarray(0, ctx.outputCap - keptBytes));
+      kept.push(part);
+      keptBytes += part.length;
+    }
     if (listeners.size === 0 || backlog.length > 0 || userPaused) {
       if (backlogBytes + chunk.length > BACKLOG_MAX) {
         if (!killed) {
@@ -221,13 +233,15 @@ export async function startPtySession(ctx: PtyContext): Promise<PtySession> {
       ctx.execIds.delete(handle.channel);
     }
     if (backlog.length > 0 && listeners.size > 0) flushBacklog();
-    const durationMs = Date.now() - startedAt;
+    const endedAt = Date.now();
+    const durationMs = endedAt - startedAt;
     try {
       ctx.afterExit();
     } catch {
       // Accounting must not keep the session's end from being reported.
     }
-    ctx.audit('exec.exited', { execId, exitCode: exit.exitCode, reason: exit.reason, durationMs, outputBytes, pty: true });
+    // exec.exited (pty: true, outputBytes, the output's blob) is appended with the record.
+    ctx.recordExit({ execId, startedAt, endedAt, exit, output: { total: outputBytes, bytes: () => Buffer.concat(kept, keptBytes) } });
     const result: PtyExit = { exitCode: exit.exitCode, reason: exit.reason, durationMs };
     if (exit.signal) result.signal = exit.signal;
     return result;

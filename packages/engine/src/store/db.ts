@@ -161,6 +161,13 @@ const MIGRATIONS: string[] = [
    CREATE INDEX exec_records_sandbox ON exec_records(sandbox, started_at);
    CREATE INDEX exec_records_tenant_stdout ON exec_records(tenant, stdout_sha256);
    CREATE INDEX exec_records_tenant_stderr ON exec_records(tenant, stderr_sha256);`,
+  // small blobs (up to 16 KiB, records/blob-store.ts) inline, content-addressed, committed with
+  // the exec record that names them; larger ones stay files. Background execs get records too.
+  `CREATE TABLE blobs_inline (
+     sha256 TEXT PRIMARY KEY,
+     data BLOB NOT NULL
+   ) WITHOUT ROWID;
+   ALTER TABLE exec_records ADD COLUMN background INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export function openDb(file: string): Db {

@@ -5,7 +5,7 @@
  * and files the sandbox wrote earlier that are gone). The previous look is kept in memory per
  * sandbox; after a daemon restart the first look reports the whole layer.
  */
-import { hashLayerFile, walkLayer, type LayerEntry, type WalkLimits } from './layer-walk.js';
+import { walkLayer, type DirListing, type LayerEntry, type WalkLimits } from './layer-walk.js';
 
 export const FILE_CHANGE_LIMITS: WalkLimits & { hashCap: number; listMax: number } = {
   maxEntries: 20_000,
@@ -33,17 +33,28 @@ export interface FileChanges {
 }
 
 export class FileChangeTracker {
-  private readonly last = new Map<string, Map<string, LayerEntry>>();
+  /** Per sandbox, the previous look: its entries (the baseline) and directory listings (reused when unchanged). */
+  private readonly last = new Map<string, { entries: Map<string, LayerEntry>; dirs: Map<string, DirListing> }>();
 
   constructor(private readonly limits = FILE_CHANGE_LIMITS) {}
 
   /** The changes in `upperDir` since the previous call for `sandbox`; null when there are none. */
   async changes(sandbox: string, upperDir: string): Promise<FileChanges | null> {
-    const walk = await walkLayer(upperDir, this.limits);
+    const previous = this.last.get(sandbox);
+    const before = previous?.entries ?? new Map<string, LayerEntry>();
+    // Changed files are hashed as the walk lists them, through the directory it holds open (no
+    // second path walk per file), only those the event will list (the first listMax).
+    let listed = 0;
+    const walk = await walkLayer(upperDir, this.limits, {
+      hashCap: this.limits.hashCap,
+      ...(previous ? { previous: previous.dirs } : {}),
+      hashIf: (path, e) => e.type !== 'dir' && e.type !== 'whiteout' && before.get(path)?.signature !== e.signature && listed++ < this.limits.listMax,
+    });
     if (walk.missing) return null;
     if (!walk.complete) return { written: [], deleted: [], complete: false, scanned: walk.scanned };
-    const before = this.last.get(sandbox) ?? new Map<string, LayerEntry>();
-    this.last.set(sandbox, walk.entries);
+    // A look that finished meanwhile (a big layer's walk yields) keeps its newer baseline: the
+    // next look then reports again what both saw, never less.
+    if (this.last.get(sandbox) === previous) this.last.set(sandbox, { entries: walk.entries, dirs: walk.dirs });
     const written: WrittenFile[] = [];
     const deleted: string[] = [];
     let omitted = 0;
@@ -53,10 +64,7 @@ export class FileChangeTracker {
       if (e.type === 'dir') continue; // a directory's own change is the files in it
       if (written.length >= this.limits.listMax) { omitted++; continue; }
       const w: WrittenFile = { path, type: e.type, size: e.size };
-      if (e.type === 'file') {
-        const sha = await hashLayerFile(upperDir, path, this.limits.hashCap);
-        if (sha) w.sha256 = sha;
-      }
+      if (e.sha256) w.sha256 = e.sha256;
       written.push(w);
     }
     for (const [path, e] of before) {
@@ -72,7 +80,7 @@ export class FileChangeTracker {
   async ensureBaseline(sandbox: string, upperDir: string): Promise<void> {
     if (this.last.has(sandbox)) return;
     const walk = await walkLayer(upperDir, this.limits);
-    if (walk.complete) this.last.set(sandbox, walk.entries);
+    if (walk.complete) this.last.set(sandbox, { entries: walk.entries, dirs: walk.dirs });
   }
 
   forget(sandbox: string): void {
