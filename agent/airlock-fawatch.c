@@ -1,12 +1,19 @@
 /*
  * airlock-fawatch: reports opens of credential-like files made by the processes of container
- * sandboxes, seen from the host with fanotify(7), so nothing inside a sandbox can hide or
+ * and gVisor sandboxes, seen from the host with fanotify(7), so nothing inside a sandbox can hide or
  * forge them (docs/records.md#detectors).
  *
  *   airlock-fawatch            (root: FAN_MARK_FILESYSTEM needs CAP_SYS_ADMIN)
  *
  * stdin, one command a line:   ADD <tag> <path>   watch the overlay file system mounted at path
  *                                                 (a sandbox's rootfs on the host)
+ *                              ADDSENTRY <tag> <path>
+ *                                                 the same for a gVisor sandbox: its sentry (in
+ *                                                 the host pid namespace, in cgroup /airlock/<tag>)
+ *                                                 opens for every process inside, so lines name
+ *                                                 no process (pid and comm "-"), and the sentry's
+ *                                                 /root prefix is cut from paths. It keeps files
+ *                                                 open, so mostly the first open of a file shows.
  *                              REMOVE <tag>       report what is queued, then stop watching
  * stdout, one event a line:    READY              once, at start
  *                              OK <tag>           the watch is in place
@@ -90,6 +97,8 @@ struct group {
 	uint64_t dropped;
 	bool overflow;
 	int64_t lost_at_ms;
+	/* gVisor: the sentry opens files for every process inside, so an open names no process. */
+	bool sentry;
 };
 
 static struct group *groups[MAX_GROUPS];
@@ -227,6 +236,17 @@ static enum opener classify(int pid, long *sbxpid)
 	return n == 2 && ids[1] == 1 ? OPENER_AGENT : OPENER_SANDBOX;
 }
 
+/* Whether the process is in cgroup /airlock/<tag> (any hierarchy: v1 or v2). */
+static bool in_sandbox_cgroup(int pid, const char *tag)
+{
+	char text[4096];
+	char want[TAG_MAX + 16];
+	if (read_proc(pid, "cgroup", text, sizeof text) < 0)
+		return false;
+	int w = snprintf(want, sizeof want, ":/airlock/%s\n", tag);
+	return w > 0 && (size_t)w < sizeof want && strstr(text, want) != NULL;
+}
+
 static bool take_token(struct group *g, int64_t now)
 {
 	g->tokens += (double)(now - g->tokens_at_ms) * BUCKET_PER_SEC / 1000.0;
@@ -272,9 +292,22 @@ static void on_open(struct group *g, int fd, int pid)
 	if (memchr(path, 0, (size_t)n) || !credential_candidate(path, (size_t)n))
 		return;
 	long sbxpid = -1;
-	enum opener who = classify(pid, &sbxpid);
-	if (who == OPENER_HOST || who == OPENER_AGENT)
-		return;
+	enum opener who;
+	if (g->sentry) {
+		/* The sentry runs in the host's pid namespace but in the sandbox's cgroup, which no
+		 * host process of ours joins; it opens the rootfs under its own /root. */
+		if (!in_sandbox_cgroup(pid, g->tag))
+			return;
+		if (n > 5 && memcmp(path, "/root/", 6) == 0) {
+			memmove(path, path + 5, (size_t)n - 5 + 1);
+			n -= 5;
+		}
+		who = OPENER_GONE;
+	} else {
+		who = classify(pid, &sbxpid);
+		if (who == OPENER_HOST || who == OPENER_AGENT)
+			return;
+	}
 	int64_t now = now_ms();
 	uint64_t h = path_hash(path, (size_t)n);
 	struct slot *s = &g->slots[h % COALESCE_SLOTS];
@@ -368,7 +401,7 @@ static int new_group(void)
 	return fd;
 }
 
-static void cmd_add(char *tag, char *path)
+static void cmd_add(char *tag, char *path, bool sentry)
 {
 	if (find_group(tag) >= 0) {
 		printf("ERR %s already watched\n", tag);
@@ -416,6 +449,7 @@ static void cmd_add(char *tag, char *path)
 		return;
 	}
 	g->fd = fd;
+	g->sentry = sentry;
 	snprintf(g->tag, sizeof g->tag, "%s", tag);
 	g->tokens = BUCKET_BURST;
 	g->tokens_at_ms = now_ms();
@@ -453,7 +487,8 @@ static void on_line(char *line)
 	*sp = 0;
 	char *tag = sp + 1;
 	char *rest = NULL;
-	if (strcmp(line, "ADD") == 0) {
+	bool add = strcmp(line, "ADD") == 0 || strcmp(line, "ADDSENTRY") == 0;
+	if (add) {
 		rest = strchr(tag, ' ');
 		if (!rest) {
 			printf("ERR - bad command\n");
@@ -465,8 +500,8 @@ static void on_line(char *line)
 		printf("ERR - bad tag\n");
 		return;
 	}
-	if (strcmp(line, "ADD") == 0 && rest[0] == '/')
-		cmd_add(tag, rest);
+	if (add && rest[0] == '/')
+		cmd_add(tag, rest, strcmp(line, "ADDSENTRY") == 0);
 	else if (strcmp(line, "REMOVE") == 0)
 		cmd_remove(tag);
 	else

@@ -439,7 +439,7 @@ export class Engine implements AirlockEngine {
       });
       await ready;
       // Before create returns, so the caller's first command is already watched.
-      if (spec.runtime === 'container') await this.credentialReads.watch(rec.id, tenant, rootfsPaths(dir).rootfs);
+      if (spec.runtime !== 'microvm') await this.credentialReads.watch(rec.id, tenant, rootfsPaths(dir).rootfs, { sentry: spec.runtime === 'gvisor' });
       if (lease && !driver.networkBeforeStart) {
         // Plumbed before create returns: no command of the caller runs before the rules exist.
         const pid = await driver.networkPid(rec.id);
@@ -657,7 +657,7 @@ export class Engine implements AirlockEngine {
     const { rec, live } = await this.ready(caller, id);
     const driver = this.drivers.get(rec.spec.runtime)!;
     const before = driver.limitCounters(id);
-    if (rec.spec.runtime === 'container' && this.fileChangesOn(rec)) await this.fileChanges.ensureBaseline(id, this.upperDir(rec)).catch(() => {});
+    if (this.layerOnHost(rec) && this.fileChangesOn(rec)) await this.fileChanges.ensureBaseline(id, this.upperDir(rec)).catch(() => {});
     const started = Date.now();
     const out = new Capture(EXEC_CAPTURE_LIMIT);
     const err = new Capture(EXEC_CAPTURE_LIMIT);
@@ -803,15 +803,22 @@ export class Engine implements AirlockEngine {
 
   /** What the writable layer gained and lost since the last look; null when nothing, or not looked at. */
   private async fileChangesNow(rec: SandboxRecord): Promise<FileChanges | null> {
-    // Only runc's overlay writes through to the host upper dir: gVisor keeps rootfs writes in its
-    // own overlay (filestore) and a microvm's layer is a disk image inside the VM.
-    if (rec.spec.runtime !== 'container' || !this.fileChangesOn(rec)) return null;
+    if (!this.layerOnHost(rec) || !this.fileChangesOn(rec)) return null;
     try {
       return await this.fileChanges.changes(rec.id, this.upperDir(rec));
     } catch (e) {
       this.log('warn', 'file telemetry failed', { sandbox: rec.id, error: (e as Error).message });
       return null;
     }
+  }
+
+  /**
+   * Whether the sandbox's rootfs writes land in the host overlay's upper dir: runc's do, and
+   * runsc's (run with --overlay2=none); a microvm's layer is a disk image the guest's own kernel
+   * writes, which the host does not read while the VM runs.
+   */
+  private layerOnHost(rec: SandboxRecord): boolean {
+    return rec.spec.runtime === 'container' || rec.spec.runtime === 'gvisor';
   }
 
   /** The tenant policy's evidence.fileChanges (on unless turned off). */
@@ -1607,7 +1614,7 @@ export class Engine implements AirlockEngine {
         this.attach(rec.id, link, template?.env ?? []);
         keep.add(rec.id);
         adopted.push(rec.id);
-        if (rec.spec.runtime === 'container') await this.credentialReads.watch(rec.id, rec.tenant, rootfsPaths(join(this.dataDir, 'sandboxes', rec.id)).rootfs);
+        if (rec.spec.runtime !== 'microvm') await this.credentialReads.watch(rec.id, rec.tenant, rootfsPaths(join(this.dataDir, 'sandboxes', rec.id)).rootfs, { sentry: rec.spec.runtime === 'gvisor' });
         // A crash between the runtime's pause/resume and the store's update: the runtime is right.
         const actual: SandboxState = status === 'paused' ? 'paused' : 'running';
         if (rec.state !== actual) {

@@ -7,7 +7,7 @@
  * it, and nothing is left behind. Real runc sandboxes on the real kernel.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Caller } from '../src/engine-api.js';
 import { Engine } from '../src/engine.js';
@@ -175,6 +175,18 @@ describe('credential reads inside the sandbox', () => {
     await waitFor(() => { const p = helperPids(); return p.length === 1 && p[0] !== helper && fanotifyFds(p[0]!) === 1; }, 'a new helper watching', 10_000);
     await sh(t, id, 'echo machine x > /root/.netrc && cat /root/.netrc >/dev/null');
     await waitFor(() => sandboxReads(id).some((e) => e.data.path === '/root/.netrc'), 'the read seen by the new helper');
+  });
+
+  test('gvisor: a credential file the sandbox opens is seen (its sentry opens it on the host; no process named)', { skip: !existsSync('/usr/local/bin/runsc') && !process.env.AIRLOCK_RUNSC }, async () => {
+    const s = await engine.createSandbox(t, { template: 'tiny', runtime: 'gvisor', timeoutSeconds: 120 });
+    ids.push(s.id);
+    await sh(t, s.id, 'mkdir -p /root/.ssh && echo k > /root/.ssh/id_ed25519 && cat /root/.ssh/id_ed25519 >/dev/null; cat /etc/hostname >/dev/null');
+    await waitFor(() => alerts(s.id).length >= 1, 'an alert for the gvisor sandbox');
+    await settle();
+    const reads = sandboxReads(s.id);
+    assert.deepEqual([...new Set(reads.map((e) => e.data.path))], ['/root/.ssh/id_ed25519'], 'the path as the sandbox sees it, nothing else');
+    assert.ok(reads.every((e) => e.data.pid === null && e.data.comm === null), 'the sentry names no process inside');
+    await engine.killSandbox(t, s.id);
   });
 
   test('an engine that adopts a running sandbox watches it again', async () => {

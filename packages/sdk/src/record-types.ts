@@ -17,6 +17,8 @@ export interface ExecRecord {
   cwd: string;
   user: string | null;
   pty: boolean;
+  /** A background exec (its output is not captured: streams are empty). */
+  background?: boolean;
   startedAt: string;
   endedAt: string;
   exitCode: number;

@@ -47,7 +47,10 @@ export class GvisorDriver extends ContainerDriver {
   }
 
   protected override runtimeArgs(launch?: SandboxLaunch): string[] {
-    const args = ['--root', this.stateRoot, `--platform=${this.platform}`, '--host-uds=open'];
+    // --overlay2=none: rootfs writes go through to the sandbox's own writable layer on the host
+    // (the same loop-mounted, quota-sized layer as the container tier) instead of runsc's opaque
+    // filestore, so the file-change telemetry reads them at exec and sandbox end.
+    const args = ['--root', this.stateRoot, `--platform=${this.platform}`, '--host-uds=open', '--overlay2=none'];
     if (launch) args.push(`--network=${launch.netnsPath ? 'host' : 'none'}`);
     if (launch?.syscallTrace) args.push(...straceFlags(launch.dir, launch.syscallTrace.syscalls));
     return args;

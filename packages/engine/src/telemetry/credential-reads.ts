@@ -142,6 +142,8 @@ export function parseOpen(fields: string[]): CredentialOpen | null {
 export class CredentialReadWatch {
   /** Sandbox → its rootfs on the host: what the helper should watch. */
   private readonly roots = new Map<string, string>();
+  /** gvisor sandboxes: their sentry opens for every process inside (the helper's ADDSENTRY). */
+  private readonly sentries = new Set<string>();
   /** Sandboxes whose REMOVE is under way: not watched again by a restart. */
   private readonly ending = new Set<string>();
   private helper: Helper | null = null;
@@ -168,11 +170,12 @@ export class CredentialReadWatch {
    * are seen); false when not watched. Never throws: a failure is logged and leaves a
    * `telemetry.gap` event.
    */
-  async watch(sandbox: string, tenant: string, rootfs: string): Promise<boolean> {
+  async watch(sandbox: string, tenant: string, rootfs: string, opts: { sentry?: boolean } = {}): Promise<boolean> {
     if (this.closed || !TAG_RE.test(sandbox) || !rootfs.startsWith('/') || /[\n\r]/.test(rootfs)) return false;
     if (!this.o.enabled(tenant)) return false;
     if (this.roots.has(sandbox)) return !this.ending.has(sandbox) && this.helper?.alive === true;
     this.roots.set(sandbox, rootfs);
+    if (opts.sentry) this.sentries.add(sandbox);
     const helper = await this.ensureHelper();
     if (!helper) {
       this.gap(sandbox, 'unavailable', { error: this.unavailableReason() });
@@ -191,6 +194,7 @@ export class CredentialReadWatch {
       if (helper?.alive) await helper.command(`REMOVE ${sandbox}`);
     } finally {
       this.roots.delete(sandbox);
+      this.sentries.delete(sandbox);
       this.ending.delete(sandbox);
     }
   }
@@ -201,6 +205,7 @@ export class CredentialReadWatch {
     this.closed = true;
     if (this.restartTimer) clearTimeout(this.restartTimer);
     this.roots.clear();
+    this.sentries.clear();
     await this.starting?.catch(() => null);
     const helper = this.helper;
     this.helper = null;
@@ -215,7 +220,7 @@ export class CredentialReadWatch {
   }
 
   private async add(helper: Helper, sandbox: string, rootfs: string): Promise<boolean> {
-    const reply = await helper.command(`ADD ${sandbox} ${rootfs}`);
+    const reply = await helper.command(`${this.sentries.has(sandbox) ? 'ADDSENTRY' : 'ADD'} ${sandbox} ${rootfs}`);
     if (reply?.line === `OK ${sandbox}`) return true;
     const error = reply ? reply.line.replace(/^ERR \S+ /, '') : 'airlock-fawatch did not answer';
     // Only a sandbox still meant to be watched has a gap (it may have ended meanwhile).
