@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <malloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -53,9 +54,10 @@ enum {
 	T_RESIZE = 8, T_FLOW = 9,
 	T_FREAD = 10, T_FWRITE_BEGIN = 11, T_FWRITE_DATA = 12, T_FLIST = 13, T_FDELETE = 14,
 	T_FSTAT = 15, T_FMKDIR = 16, T_FRENAME = 17, T_FWATCH = 18, T_FWALK = 19,
+	T_LWALK = 20, T_LREAD = 21,
 	T_HELLO = 128, T_STARTED = 129, T_STDOUT = 130, T_STDERR = 131, T_EXIT = 132, T_ERROR = 133,
 	T_PS_RESULT = 134, T_PONG = 135, T_FDATA = 136, T_FOK = 137, T_FLIST_RESULT = 138,
-	T_FWALK_ENTRY = 139, T_FEVENT = 140,
+	T_FWALK_ENTRY = 139, T_FEVENT = 140, T_LWALK_RESULT = 141,
 };
 
 #define EXEC_KEEP_STDIN 1u
@@ -88,6 +90,8 @@ enum {
 #define RM_MAX_DEPTH 256
 #define WALK_MAX_DEPTH 128       /* FWALK: open directories at once (each holds a 32 KiB DIR buffer) */
 #define TOKEN_MAX 1024
+#define LWALK_MAX_ENTRIES 20000   /* LWALK: entries before it gives up (E2BIG) */
+#define LWALK_ENTRY_MAX (1 + 8 + 8 + 8 + 8 + PATH_MAXLEN) /* u8 type, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, path\0 */
 #define WATCH_MAX_OPS 16         /* FWATCH operations at once (one inotify instance each) */
 #define WATCH_MAX_DIRS 8192      /* directories one FWATCH watches */
 #define WATCH_MAX_PATH_BYTES (1u << 20) /* bytes of watched directory paths one FWATCH keeps */
@@ -104,6 +108,7 @@ static char *g_token;
 static size_t g_token_len;
 static const char *g_sock_path;
 static int g_port_fd = -1;      /* --port-fd: a virtio-serial port (microvm), held for life */
+static int g_layer_fd = -1;     /* --layer-fd: the microvm's overlay upper dir (outside our root), for LWALK/LREAD */
 static pid_t g_self;
 static int g_is_init;           /* PID 1 of a pid namespace (the sandbox), not a test run */
 static int g_devnull = -1;
@@ -153,7 +158,7 @@ static struct exec *g_execs;
 static size_t g_exec_count;
 static size_t g_stdin_bytes;
 
-enum { FOP_READ, FOP_WRITE, FOP_LIST, FOP_WALK, FOP_WATCH };
+enum { FOP_READ, FOP_WRITE, FOP_LIST, FOP_WALK, FOP_WATCH, FOP_LWALK };
 
 /* FWALK: a depth-first walk, every level opened relative to its parent with O_NOFOLLOW. */
 struct walk_level {
@@ -164,6 +169,7 @@ struct walk {
 	struct walk_level levels[WALK_MAX_DEPTH];
 	int depth;
 	uint64_t remaining;         /* bytes of the current file (fop.fd) still to send */
+	uint32_t count;             /* LWALK: entries sent so far */
 	char path[PATH_MAXLEN];     /* relative path of the current entry */
 };
 
@@ -1820,6 +1826,171 @@ static void handle_fwalk(uint32_t ch, struct rd r)
 	f->walk = w;
 }
 
+/* ---- LWALK / LREAD: the microvm's writable layer (the overlay upper dir vminit handed over,
+ * outside the sandbox's root), for file.changes: the host cannot read the guest's disk ---- */
+
+/* Appends LWALK_RESULT entries to the queue, one frame (<= 64 KiB of whole entries) a call. */
+static void lwalk_step(struct fop *f)
+{
+	struct walk *w = f->walk;
+	size_t room;
+	unsigned char *base = q_reserve(HDR + LWALK_ENTRY_MAX, HDR + RESULT_FRAME, &room);
+	if (!base)
+		return;
+	size_t used = 0;
+	int done = 0, err = 0;
+	while (HDR + used + LWALK_ENTRY_MAX <= room) {
+		if (w->depth == 0) {
+			done = 1;
+			break;
+		}
+		struct walk_level *lv = &w->levels[w->depth - 1];
+		errno = 0;
+		struct dirent *de = readdir(lv->dir);
+		if (!de) {
+			if (errno) {
+				err = errno;
+				break;
+			}
+			closedir(lv->dir);
+			w->depth--;
+			continue;
+		}
+		const char *name = de->d_name;
+		if (!strcmp(name, ".") || !strcmp(name, ".."))
+			continue;
+		size_t nl = strlen(name), plen = lv->path_len;
+		size_t len = plen ? plen + 1 + nl : nl;
+		if (len >= PATH_MAXLEN) {
+			err = ENAMETOOLONG;
+			break;
+		}
+		int dfd = dirfd(lv->dir);
+		struct stat st;
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue; /* removed meanwhile */
+		if (++w->count > LWALK_MAX_ENTRIES) {
+			err = E2BIG;
+			break;
+		}
+		if (plen)
+			w->path[plen] = '/';
+		memcpy(w->path + (plen ? plen + 1 : 0), name, nl + 1);
+		char t = S_ISREG(st.st_mode) ? 'f' : S_ISDIR(st.st_mode) ? 'd' : S_ISLNK(st.st_mode) ? 'l'
+			: S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0) ? 'w' : 'o';
+		unsigned char *p = base + HDR + used;
+		p[0] = (unsigned char)t;
+		put64(p + 1, t == 'f' || t == 'l' ? (uint64_t)st.st_size : 0);
+		put64(p + 9, (uint64_t)((int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec));
+		put64(p + 17, (uint64_t)((int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec));
+		put64(p + 25, (uint64_t)st.st_ino);
+		memcpy(p + 33, w->path, len + 1);
+		used += 33 + len + 1;
+		if (t != 'd')
+			continue;
+		if (w->depth >= WALK_MAX_DEPTH) {
+			err = ENAMETOOLONG;
+			break;
+		}
+		/* O_NOFOLLOW relative to the parent: a directory swapped for a link is not entered. */
+		int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+		if (!d) {
+			if (fd >= 0)
+				close(fd);
+			continue;
+		}
+		w->levels[w->depth].dir = d;
+		w->levels[w->depth].path_len = len;
+		w->depth++;
+	}
+	if (used) {
+		put_hdr(base, T_LWALK_RESULT, f->channel, used);
+		q_commit(HDR + used);
+	}
+	if (err) {
+		if (err == E2BIG)
+			send_error(f->channel, err, "layer walk: more than %d entries", LWALK_MAX_ENTRIES);
+		else
+			send_error(f->channel, err, "layer walk %.256s", w->path);
+		fop_free(f);
+	} else if (done) {
+		send_frame(T_FOK, f->channel, NULL, 0);
+		fop_free(f);
+	}
+}
+
+static void handle_lwalk(uint32_t ch, struct rd r)
+{
+	(void)r;
+	if (g_layer_fd < 0) {
+		send_error(ch, ENOTSUP, "no layer to walk");
+		return;
+	}
+	int fd = openat(g_layer_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	struct walk *w = d ? calloc(1, sizeof *w) : NULL;
+	if (!w) {
+		int e = d ? ENOMEM : errno;
+		if (d)
+			closedir(d);
+		else if (fd >= 0)
+			close(fd);
+		send_error(ch, e, "layer walk");
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_LWALK);
+	if (!f) {
+		closedir(d);
+		free(w);
+		return;
+	}
+	w->levels[0].dir = d;
+	w->levels[0].path_len = 0;
+	w->depth = 1;
+	f->walk = w;
+}
+
+/* A regular file of the layer, streamed like FREAD; openat2 keeps the lookup beneath the layer
+ * and never follows a link (the layer's content is the sandbox's). */
+static void handle_lread(uint32_t ch, struct rd r)
+{
+	const char *path;
+	if (rd_str(&r, &path) || r.n) {
+		conn_fail("malformed LREAD");
+		return;
+	}
+	if (g_layer_fd < 0) {
+		send_error(ch, ENOTSUP, "no layer to read");
+		return;
+	}
+	if (!path[0] || path[0] == '/' || strlen(path) >= PATH_MAXLEN) {
+		send_error(ch, EINVAL, "layer read: bad path");
+		return;
+	}
+	struct open_how how = {
+		.flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC,
+		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+	};
+	int fd = (int)syscall(SYS_openat2, g_layer_fd, path, &how, sizeof how);
+	if (fd < 0) {
+		send_error(ch, errno, "layer read %.256s", path);
+		return;
+	}
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		send_error(ch, EINVAL, "layer read %.256s: not a regular file", path);
+		return;
+	}
+	struct fop *f = fop_new(ch, FOP_READ);
+	if (!f) {
+		close(fd);
+		return;
+	}
+	f->fd = fd;
+}
+
 /* ---- FRENAME ---- */
 
 static void handle_frename(uint32_t ch, struct rd r)
@@ -2301,6 +2472,10 @@ static void fop_step(struct fop *f)
 		walk_step(f);
 		return;
 	}
+	if (f->kind == FOP_LWALK) {
+		lwalk_step(f);
+		return;
+	}
 	if (f->kind == FOP_READ) {
 		size_t room;
 		unsigned char *p = q_reserve(HDR + 4096, HDR + FILE_CHUNK, &room);
@@ -2609,7 +2784,7 @@ static int is_new_op(unsigned type)
 	switch (type) {
 	case T_EXEC: case T_PS: case T_KILLPID: case T_PING: case T_FREAD: case T_FWRITE_BEGIN:
 	case T_FLIST: case T_FDELETE: case T_FSTAT: case T_FMKDIR: case T_FRENAME: case T_FWATCH:
-	case T_FWALK:
+	case T_FWALK: case T_LWALK: case T_LREAD:
 		return 1;
 	}
 	return 0;
@@ -2651,6 +2826,13 @@ static void handle_frame(unsigned type, uint32_t ch, const unsigned char *p, siz
 	case T_FRENAME: handle_frename(ch, r); break;
 	case T_FWATCH: handle_fwatch(ch, r); break;
 	case T_FWALK: handle_fwalk(ch, r); break;
+	case T_LWALK:
+		if (n)
+			conn_fail("malformed LWALK");
+		else
+			handle_lwalk(ch, r);
+		break;
+	case T_LREAD: handle_lread(ch, r); break;
 	default: conn_fail("unknown frame type"); break;
 	}
 }
@@ -2898,12 +3080,19 @@ static void setup_fds(void)
 			}
 		}
 	}
-	/* Inherited descriptors must not leak into the sandbox's processes (the microvm's port is
-	 * ours: it is kept, close-on-exec). */
+	/* Inherited descriptors must not leak into the sandbox's processes (the microvm's port and
+	 * layer are ours: they are kept, close-on-exec). */
 	if (g_port_fd >= 0) {
-		if (g_port_fd > 3 && syscall(SYS_close_range, 3u, (unsigned)g_port_fd - 1, 0u) != 0)
-			exit(2);
-		if (syscall(SYS_close_range, (unsigned)g_port_fd + 1, ~0u, 0u) != 0)
+		int lo = g_layer_fd >= 0 && g_layer_fd < g_port_fd ? g_layer_fd : g_port_fd;
+		int hi = g_layer_fd > g_port_fd ? g_layer_fd : g_port_fd;
+		unsigned from = 3;
+		int keep[2] = { lo, hi };
+		for (int i = 0; i < 2; i++) {
+			if ((unsigned)keep[i] > from && syscall(SYS_close_range, from, (unsigned)keep[i] - 1, 0u) != 0)
+				exit(2);
+			from = (unsigned)keep[i] + 1;
+		}
+		if (syscall(SYS_close_range, from, ~0u, 0u) != 0)
 			exit(2);
 	} else if (syscall(SYS_close_range, 3u, ~0u, 0u) != 0) {
 		DIR *d = opendir("/proc/self/fd");
@@ -2978,7 +3167,7 @@ static int poll_add(size_t *n, int fd, short events, int kind, struct exec *e)
 
 static int is_stream(const struct fop *f)
 {
-	return f->kind == FOP_READ || f->kind == FOP_LIST || f->kind == FOP_WALK;
+	return f->kind == FOP_READ || f->kind == FOP_LIST || f->kind == FOP_WALK || f->kind == FOP_LWALK;
 }
 
 static int streams_pending(void)
@@ -3161,7 +3350,7 @@ static void loop(void)
 int main(int argc, char **argv)
 {
 	g_self = getpid();
-	if (argc == 3 && strcmp(argv[1], "--port-fd") == 0) {
+	if ((argc == 3 || argc == 5) && strcmp(argv[1], "--port-fd") == 0) {
 		/* microvm: the guest's init hands over the open virtio-serial port */
 		char *end;
 		long fd = strtol(argv[2], &end, 10);
@@ -3171,8 +3360,19 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		g_port_fd = (int)fd;
+		if (argc == 5) {
+			/* ... and its writable layer's upper dir, which no sandbox process may inherit */
+			struct stat st;
+			long lfd = strcmp(argv[3], "--layer-fd") == 0 ? strtol(argv[4], &end, 10) : -1;
+			if (lfd < 3 || *end || lfd > 1023 || lfd == fd || fcntl((int)lfd, F_SETFD, FD_CLOEXEC) != 0 ||
+			    fstat((int)lfd, &st) != 0 || !S_ISDIR(st.st_mode)) {
+				logmsg("--layer-fd: not an open directory: %s", argv[4]);
+				return 2;
+			}
+			g_layer_fd = (int)lfd;
+		}
 	} else if (argc != 3 || strcmp(argv[1], "--connect") != 0) {
-		logmsg("usage: airlock-agent --connect SOCKET_PATH | --port-fd FD");
+		logmsg("usage: airlock-agent --connect SOCKET_PATH | --port-fd FD [--layer-fd FD]");
 		return 2;
 	} else {
 		g_sock_path = argv[2];

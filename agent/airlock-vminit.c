@@ -16,7 +16,8 @@
  *   7. hostname, a pids cgroup for the agent and everything it starts;
  *   8. opens the virtio-serial port named "airlock" (the host link), forgets the token file,
  *      switches root, drops the capabilities the container tier drops and sets no_new_privs,
- *      and execs the agent with `--port-fd`.
+ *      and execs the agent with `--port-fd` (and `--layer-fd`: the layer's upper dir, for
+ *      file.changes).
  * Any failure prints one line on the console and powers the guest off (the host then sees
  * the VM exit).
  *
@@ -588,6 +589,14 @@ int main(void)
 		must(dup2(port, 3) < 0 ? -1 : 0, "dup2", NULL);
 		close(port);
 	}
+	/* The layer's upper dir, for the agent's LWALK/LREAD (file.changes): after the root switch
+	 * it is out of every path's reach, so the agent gets it as a descriptor. Not CLOEXEC: the
+	 * agent inherits it and marks it CLOEXEC itself, so no sandbox process ever holds it. */
+	int layer = open("/mnt/layer/upper", O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+	if (layer < 0)
+		die("open layer: %s", strerror(errno));
+	char layer_arg[16];
+	snprintf(layer_arg, sizeof layer_arg, "%d", layer);
 	int agent = open(AGENT, O_RDONLY | O_CLOEXEC);
 	if (agent < 0)
 		die("open agent: %s", strerror(errno));
@@ -610,7 +619,7 @@ int main(void)
 	env[n++] = tok;
 	env[n] = NULL;
 	drop_capabilities();
-	char *argv[] = { "airlock-agent", "--port-fd", "3", NULL };
+	char *argv[] = { "airlock-agent", "--port-fd", "3", "--layer-fd", layer_arg, NULL };
 	syscall(SYS_execveat, agent, "", argv, env, AT_EMPTY_PATH);
 	die("exec agent: %s", strerror(errno));
 	return 1;

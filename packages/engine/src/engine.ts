@@ -43,6 +43,7 @@ import { ExecRecordRepository, type ExecRecord, type RecordedStream } from './re
 import { buildHistory, type HistoryEntry } from './records/history.js';
 import { DetectorEngine, detectorEnabled } from './detectors/detector-engine.js';
 import { FileChangeTracker, type FileChanges } from './telemetry/file-changes.js';
+import { guestLayerBaseline, guestLayerChanges } from './telemetry/guest-layer.js';
 import { collectStrace } from './telemetry/syscall-trace.js';
 import { CredentialReadWatch } from './telemetry/credential-reads.js';
 import { EngineMetering } from './metering/engine-metering.js';
@@ -657,7 +658,7 @@ export class Engine implements AirlockEngine {
     const { rec, live } = await this.ready(caller, id);
     const driver = this.drivers.get(rec.spec.runtime)!;
     const before = driver.limitCounters(id);
-    if (this.layerOnHost(rec) && this.fileChangesOn(rec)) await this.fileChanges.ensureBaseline(id, this.upperDir(rec)).catch(() => {});
+    if (this.fileChangesOn(rec)) await this.fileChangesBaseline(rec).catch(() => {});
     const started = Date.now();
     const out = new Capture(EXEC_CAPTURE_LIMIT);
     const err = new Capture(EXEC_CAPTURE_LIMIT);
@@ -803,13 +804,32 @@ export class Engine implements AirlockEngine {
 
   /** What the writable layer gained and lost since the last look; null when nothing, or not looked at. */
   private async fileChangesNow(rec: SandboxRecord): Promise<FileChanges | null> {
-    if (!this.layerOnHost(rec) || !this.fileChangesOn(rec)) return null;
+    if (!this.fileChangesOn(rec)) return null;
+    const guest = this.guestLayerLink(rec);
+    if (!guest && !this.layerOnHost(rec)) return null;
     try {
-      return await this.fileChanges.changes(rec.id, this.upperDir(rec));
+      return guest ? await guestLayerChanges(this.fileChanges, rec.id, guest) : await this.fileChanges.changes(rec.id, this.upperDir(rec));
     } catch (e) {
       this.log('warn', 'file telemetry failed', { sandbox: rec.id, error: (e as Error).message });
       return null;
     }
+  }
+
+  /** The first look at the layer before an exec, not reported (so the exec reports only its own changes). */
+  private async fileChangesBaseline(rec: SandboxRecord): Promise<void> {
+    const guest = this.guestLayerLink(rec);
+    if (guest) await guestLayerBaseline(this.fileChanges, rec.id, guest);
+    else if (this.layerOnHost(rec)) await this.fileChanges.ensureBaseline(rec.id, this.upperDir(rec));
+  }
+
+  /**
+   * A microvm's layer is walked by its agent (LWALK): the link, when connected and the guest runs
+   * (a paused guest would not answer; a gone one is skipped silently).
+   */
+  private guestLayerLink(rec: SandboxRecord): AgentLink | null {
+    if (rec.spec.runtime !== 'microvm' || rec.state === 'paused') return null;
+    const link = this.live.get(rec.id)?.link;
+    return link?.connected ? link : null;
   }
 
   /**

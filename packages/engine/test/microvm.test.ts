@@ -5,10 +5,12 @@
  * nftables. Few tests, each doing much: a TCG boot costs seconds.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { decodeLayerEntries, LWALK_MAX_ENTRIES, ProtocolError } from '../src/agent/protocol.js';
 import { SANDBOX_ID_BASE } from '../src/constants.js';
 import { Engine } from '../src/engine.js';
 import { cgroupDir, cgroupMode } from '../src/runtime/cgroups.js';
@@ -194,6 +196,50 @@ describe('microvm tier', { skip }, () => {
     assert.deepEqual(vmLeftovers(dataDir, [s.id]), []);
   });
 
+  test('file changes come from the guest\'s agent: write, overwrite, delete, a link not followed, and at the end', async () => {
+    const s = await microvm();
+    const changes = () => engine.listEvents(admin, { sandbox: s.id, type: 'file.changes' });
+    type Changes = { at: string; execId: string; source?: string; complete: boolean; written: Array<{ path: string; size: number; sha256?: string; type: string }>; deleted: string[] };
+    const lastChanges = () => changes().at(-1)!.data as Changes;
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    // Every descriptor a sandbox process starts with (fd 3 here is the glob's own listing).
+    const fds = await sh(s.id, 'for f in /proc/$$/fd/*; do echo "${f##*/} $(readlink $f)"; done');
+    for (const line of fds.stdout.split('\n').filter(Boolean)) {
+      assert.match(line, /^(\d+ (pipe:|\/dev\/null)|3 \/proc\/\d+\/fd$)/, `the agent's layer descriptor is not inherited: ${fds.stdout}`);
+    }
+    assert.equal(changes().length, 0, 'what the guest\'s init made at boot is the baseline, not a change');
+
+    await sh(s.id, 'mkdir -p /work/d && printf one > /work/d/a.txt && ln -sf /etc/shadow /work/d/link');
+    let last = lastChanges();
+    assert.deepEqual([last.at, last.source, last.complete], ['exec', 'guest', true]);
+    const a = last.written.find((w) => w.path === '/work/d/a.txt');
+    assert.deepEqual(a && [a.type, a.size, a.sha256], ['file', 3, sha('one')]);
+    const link = last.written.find((w) => w.path === '/work/d/link');
+    assert.equal(link?.type, 'symlink');
+    assert.equal(link?.sha256, undefined, 'a link is never followed');
+
+    const del = await sh(s.id, 'printf twotwo > /work/d/a.txt; for f in /etc/passwd /etc/group /bin/true; do [ -e $f ] && rm $f && echo $f && break; done');
+    const template = del.stdout.trim();
+    assert.ok(template, `a template file was deleted: ${del.stderr}`);
+    last = lastChanges();
+    assert.deepEqual(last.written.filter((w) => w.type === 'file').map((w) => [w.path, w.size, w.sha256]), [['/work/d/a.txt', 6, sha('twotwo')]]);
+    assert.ok(last.deleted.includes(template), JSON.stringify(last.deleted));
+
+    const quiet = changes().length;
+    await sh(s.id, 'echo no changes');
+    assert.equal(changes().length, quiet, 'an exec that changes nothing reports nothing');
+
+    await sh(s.id, 'rm /work/d/a.txt');
+    assert.ok(lastChanges().deleted.includes('/work/d/a.txt'), 'a file written here, then deleted');
+    await engine.execBackground(admin, s.id, { cmd: ['/bin/sh', '-c', 'printf zzz > /work/bg.txt'] });
+    await new Promise((res) => setTimeout(res, 500));
+    await engine.killSandbox(admin, s.id);
+    const end = lastChanges();
+    assert.deepEqual([end.at, end.source], ['end', 'guest']);
+    assert.deepEqual(end.written.filter((w) => w.type === 'file').map((w) => [w.path, w.size, w.sha256]), [['/work/bg.txt', 3, sha('zzz')]]);
+    assert.deepEqual(vmLeftovers(dataDir, [s.id]), []);
+  });
+
   test('a guest too small to boot is refused (400), not started', async () => {
     await assert.rejects(microvm({ resources: { memoryMiB: 64 } }),
       (e: Error & { status?: number }) => e.status === 400 && /memoryMiB >= 96/.test(e.message));
@@ -234,5 +280,30 @@ describe('microvm network', { skip }, () => {
     assert.deepEqual(await net.canaryHits(), []);
     await netEngine.killSandbox(admin, s.id);
     assert.deepEqual(vmLeftovers(netDir, [s.id]), []);
+  });
+});
+
+describe('LWALK_RESULT from a hostile guest', () => {
+  const entry = (type: string, path: string | Buffer, size = 0n) => {
+    const p = Buffer.isBuffer(path) ? path : Buffer.from(path);
+    const b = Buffer.alloc(33 + p.length + 1);
+    b.write(type, 0, 'latin1');
+    b.writeBigUInt64BE(size, 1);
+    b.writeBigInt64BE(5n, 9);
+    b.writeBigInt64BE(6n, 17);
+    b.writeBigUInt64BE(7n, 25);
+    p.copy(b, 33);
+    return b;
+  };
+  test('well-formed entries decode; unsafe paths, unknown types, sizes and truncation are protocol errors', () => {
+    const ok = decodeLayerEntries(Buffer.concat([entry('f', 'work/a', 3n), entry('w', 'etc/passwd'), entry('l', 'x/y', 11n)]));
+    assert.deepEqual(ok.map((e) => [e.type, e.path, e.size]), [['file', 'work/a', 3], ['whiteout', 'etc/passwd', 0], ['symlink', 'x/y', 11]]);
+    assert.equal(ok[0]!.ino, 7n);
+    for (const bad of [
+      entry('f', '../etc/shadow'), entry('f', '/etc/shadow'), entry('f', 'a//b'), entry('f', 'a/./b'), entry('f', ''),
+      entry('f', 'x'.repeat(4096)), entry('z', 'a'), entry('d', 'a', 5n), entry('f', 'a', 1n << 60n),
+      entry('f', 'a').subarray(0, 30), entry('f', 'abc').subarray(0, 36), Buffer.alloc(0), Buffer.alloc(20),
+    ]) assert.throws(() => decodeLayerEntries(bad), ProtocolError, bad.toString('latin1').slice(33, 60));
+    assert.equal(LWALK_MAX_ENTRIES, 20_000);
   });
 });

@@ -11,18 +11,19 @@ import { EventEmitter } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import {
-  FrameDecoder, MAX_AGENT_TYPE, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
-  decodeError, decodeExit, decodeFileEvent, decodeHello, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
+  FrameDecoder, LWALK_MAX_ENTRIES, MAX_AGENT_TYPE, MAX_PAYLOAD, MsgType, PROTOCOL_VERSION, ProtocolError,
+  decodeError, decodeExit, decodeFileEvent, decodeHello, decodeLayerEntries, decodeListEntries, decodePsLines, decodeStarted, decodeStat,
   decodeWalkEntry, encodeExec, encodeFrame, encodeHeader, encodePathRequest, encodeRename, encodeResize, encodeU32s,
-  isPtySize,
+  isPtySize, isSafeRelativePath,
 } from './protocol.js';
 import type {
-  AgentDirEntry, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry, Frame, PtySize,
+  AgentDirEntry, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentLayerEntry, AgentProcess, AgentWalkEntry, Frame,
+  PtySize,
 } from './protocol.js';
 
 export type {
-  AgentDirEntry, AgentEventKind, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentProcess, AgentWalkEntry,
-  PtySize,
+  AgentDirEntry, AgentEventKind, AgentExecSpec, AgentExit, AgentFileEvent, AgentFileStat, AgentLayerEntry, AgentProcess,
+  AgentWalkEntry, PtySize,
 } from './protocol.js';
 
 /** A request the agent answered with an ERROR frame (errno as in Linux: ENOENT=2, ELOOP=40 …). */
@@ -89,6 +90,7 @@ export interface AgentExecOutput {
 const EINVAL = 22;
 const EFBIG = 27;
 const E2BIG = 7;
+const ETIMEDOUT = 110;
 
 const HELLO_TIMEOUT_MS = 2000;
 /** Before authentication only a HELLO is acceptable: keep the buffer for it tiny. */
@@ -386,23 +388,35 @@ export class AgentLink extends EventEmitter {
     if (this.pauseHolders.size === 0) this.conn?.resume();
   }
 
-  /** One request on a fresh channel; `onFrame` sees every frame but ERROR. */
-  private request<T>(type: number, payload: Buffer | undefined, onFrame: (f: Frame, ctl: OpControl<T>) => void): Promise<T> {
+  /**
+   * One request on a fresh channel; `onFrame` sees every frame but ERROR. With `timeoutMs`, an
+   * answer not complete by then fails with AgentError ETIMEDOUT and the agent gets CANCEL.
+   */
+  private request<T>(type: number, payload: Buffer | undefined, onFrame: (f: Frame, ctl: OpControl<T>) => void, timeoutMs?: number): Promise<T> {
     const sock = this.conn;
     if (!sock) return Promise.reject(new AgentDisconnectedError());
     const channel = this.allocChannel();
     return new Promise<T>((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
       const ctl: OpControl<T> = {
         resolve: (v) => {
+          clearTimeout(timer);
           this.channels.delete(channel);
           resolve(v);
         },
         reject: (e, cancel = false) => {
+          clearTimeout(timer);
           this.channels.delete(channel);
           if (cancel && this.conn === sock) this.writeFrame(sock, MsgType.CANCEL, channel);
           reject(e);
         },
       };
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          if (this.channels.has(channel)) ctl.reject(new AgentError(ETIMEDOUT, 'the agent did not answer in time'), true);
+        }, timeoutMs);
+        timer.unref();
+      }
       this.channels.set(channel, {
         onFrame: (f) => {
           if (f.type === MsgType.ERROR) {
@@ -412,7 +426,10 @@ export class AgentLink extends EventEmitter {
           }
           onFrame(f, ctl);
         },
-        fail: reject,
+        fail: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
       });
       this.writeFrame(sock, type, channel, payload);
     });
@@ -704,6 +721,47 @@ export class AgentLink extends EventEmitter {
       }
       AgentLink.expectEmptyOk(f, 'FWALK');
       end();
+    });
+  }
+
+  /**
+   * LWALK (microvm): the guest agent's walk of the sandbox's writable layer (its overlay upper
+   * dir, which only the guest can read), every entry at once. The guest is hostile: more than
+   * LWALK_MAX_ENTRIES entries or a bad entry (unsafe path, unknown type) drops the link; more
+   * than 16 MiB of entries is AgentError E2BIG (and so is the agent's own entry bound);
+   * `timeoutMs` bounds the whole answer (ETIMEDOUT). ENOTSUP: the agent has no layer.
+   */
+  layerWalk(timeoutMs: number): Promise<AgentLayerEntry[]> {
+    const entries: AgentLayerEntry[] = [];
+    let total = 0;
+    return this.request<AgentLayerEntry[]>(MsgType.LWALK, undefined, (f, ctl) => {
+      if (f.type === MsgType.LWALK_RESULT) {
+        total += f.payload.length;
+        if (total > MAX_RESULT_BYTES) {
+          ctl.reject(new AgentError(E2BIG, 'layer walk exceeds 16 MiB'), true);
+          return;
+        }
+        const got = decodeLayerEntries(f.payload);
+        if (entries.length + got.length > LWALK_MAX_ENTRIES) throw new ProtocolError('LWALK: more entries than its bound');
+        for (const e of got) entries.push(e);
+        return;
+      }
+      AgentLink.expectEmptyOk(f, 'LWALK');
+      ctl.resolve(entries);
+    }, timeoutMs);
+  }
+
+  /**
+   * LREAD (microvm): streams a regular file of the writable layer, `path` relative to its upper
+   * dir (the agent opens it beneath the layer, never following a link). Like readFileStream:
+   * leaving the loop early sends CANCEL.
+   */
+  async *readLayerFileStream(path: string): AsyncIterable<Buffer> {
+    if (typeof path !== 'string' || path.includes('\0') || !isSafeRelativePath(path)) throw new AgentError(EINVAL, 'bad layer path');
+    yield* this.streamRequest<Buffer>(MsgType.LREAD, encodePathRequest(path), (f, push, end) => {
+      if (f.type !== MsgType.FDATA) throw new ProtocolError(`LREAD: unexpected frame ${f.type}`);
+      if (f.payload.length === 0) end();
+      else push(f.payload, f.payload.length);
     });
   }
 

@@ -34,6 +34,8 @@ export const MsgType = {
   FRENAME: 17,
   FWATCH: 18,
   FWALK: 19,
+  LWALK: 20,
+  LREAD: 21,
   // agent → host
   HELLO: 128,
   STARTED: 129,
@@ -48,10 +50,13 @@ export const MsgType = {
   FLIST_RESULT: 138,
   FWALK_ENTRY: 139,
   FEVENT: 140,
+  LWALK_RESULT: 141,
 } as const;
 
 /** Highest frame type the agent may send. */
-export const MAX_AGENT_TYPE = MsgType.FEVENT;
+export const MAX_AGENT_TYPE = MsgType.LWALK_RESULT;
+/** LWALK: the agent stops (ERROR E2BIG) past this many entries; more from it is a protocol error. */
+export const LWALK_MAX_ENTRIES = 20_000;
 
 export const ExecFlags = { KEEP_STDIN: 1, BACKGROUND: 2, PTY: 4 } as const;
 /** Terminal sizes either side accepts (rows and cols each). */
@@ -83,6 +88,20 @@ export interface AgentWalkEntry extends AgentFileStat {
   path: string;
   /** The link's target as stored (never resolved); '' unless a symlink. */
   linkTarget: string;
+}
+
+/**
+ * One entry of an LWALK (a microvm's writable layer, walked by the guest's agent): a path
+ * relative to the layer's upper dir. 'whiteout' is an overlay whiteout (a deleted lower file).
+ */
+export interface AgentLayerEntry {
+  type: 'file' | 'dir' | 'symlink' | 'whiteout' | 'other';
+  /** Regular files and links; 0 otherwise. */
+  size: number;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+  path: string;
 }
 
 export type AgentEventKind = 'ready' | 'created' | 'modified' | 'deleted' | 'moved' | 'overflow' | 'ended';
@@ -499,6 +518,40 @@ export function decodeWalkEntry(payload: Buffer): AgentWalkEntry {
     throw new ProtocolError('FWALK_ENTRY: bad link target');
   }
   return { ...st, type: st.type, path, linkTarget };
+}
+
+const LAYER_TYPES: Record<number, AgentLayerEntry['type']> = {
+  0x66: 'file', // 'f'
+  0x64: 'dir', // 'd'
+  0x6c: 'symlink', // 'l'
+  0x77: 'whiteout', // 'w'
+  0x6f: 'other', // 'o'
+};
+
+/** LWALK_RESULT: whole entries, `u8 type, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, path\0` each. */
+export function decodeLayerEntries(payload: Buffer): AgentLayerEntry[] {
+  if (payload.length === 0) throw new ProtocolError('LWALK_RESULT: empty');
+  const out: AgentLayerEntry[] = [];
+  let o = 0;
+  while (o < payload.length) {
+    if (o + 34 > payload.length) throw new ProtocolError('LWALK_RESULT: payload too short');
+    const type = LAYER_TYPES[payload[o]!];
+    if (!type) throw new ProtocolError('LWALK_RESULT: bad entry type');
+    const size = payload.readBigUInt64BE(o + 1);
+    const mtimeNs = payload.readBigInt64BE(o + 9);
+    const ctimeNs = payload.readBigInt64BE(o + 17);
+    const ino = payload.readBigUInt64BE(o + 25);
+    const end = payload.indexOf(0, o + 33);
+    if (end < 0) throw new ProtocolError('LWALK_RESULT: unterminated path');
+    const path = payload.toString('utf8', o + 33, end);
+    if (!isSafeRelativePath(path)) throw new ProtocolError('LWALK_RESULT: bad path');
+    if (size > BigInt(Number.MAX_SAFE_INTEGER) || (size !== 0n && type !== 'file' && type !== 'symlink')) {
+      throw new ProtocolError('LWALK_RESULT: bad size');
+    }
+    out.push({ type, size: Number(size), mtimeNs, ctimeNs, ino, path });
+    o = end + 1;
+  }
+  return out;
 }
 
 const EVENT_KINDS: Record<number, AgentEventKind> = {
