@@ -20,7 +20,9 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/openat2.h>
+#ifdef __GLIBC__
 #include <malloc.h>
+#endif
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -294,10 +296,19 @@ static size_t fmt(char *buf, size_t cap, const char *f, ...)
 	return n;
 }
 
-/* strerror() would pull in gettext; the untranslated text is what the host wants anyway. */
+/* glibc: strerror() would pull in gettext; the untranslated text is what the host wants
+ * anyway. musl's strerror is that already. */
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0) /* <linux/fs.h>, whose BLOCK_SIZE collides with ours */
+#endif
+
 static const char *errstr(int err)
 {
+#ifdef __GLIBC__
 	const char *s = strerrordesc_np(err);
+#else
+	const char *s = strerror(err);
+#endif
 	return s ? s : "Unknown error";
 }
 
@@ -2036,7 +2047,7 @@ static void handle_frename(uint32_t ch, struct rd r)
 	}
 	/* renameat2 acts on the last components themselves: a link is moved, never its target. */
 	unsigned rflags = (flags & 1) ? 0 : RENAME_NOREPLACE;
-	int rc = renameat2(fd1, fbase, fd2, tbase, rflags);
+	int rc = (int)syscall(SYS_renameat2, fd1, fbase, fd2, tbase, rflags); /* musl has no wrapper */
 	if (rc != 0 && errno == EINVAL && rflags) {
 		/* A file system without RENAME_NOREPLACE (or a move into itself, which fails again). */
 		struct stat st;
@@ -2910,7 +2921,9 @@ static void trim_memory(void)
 			g_in_cap = IN_INITIAL;
 		}
 	}
-	malloc_trim(0);
+#ifdef __GLIBC__
+	malloc_trim(0); /* musl's allocator gives freed memory back by itself */
+#endif
 }
 
 static void sock_readable(void)
@@ -3393,8 +3406,10 @@ int main(int argc, char **argv)
 			return 0;
 	}
 	/* Big buffers come from mmap and go back to the kernel when freed: idle RSS stays small. */
+#ifdef __GLIBC__
 	mallopt(M_MMAP_THRESHOLD, 64 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 64 * 1024);
+#endif
 	setup_fds();
 	setup_signals();
 	umask(022);

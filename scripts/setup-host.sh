@@ -16,9 +16,12 @@ export DEBIAN_FRONTEND=noninteractive
 # e2fsprogs: mkfs.ext4 formats sandbox layers and volumes (each its own ext4 on a loop device).
 # nftables + iproute2 (ip, tc): egress control. openssl + curl: the tests' and benchmarks'
 # own HTTPS "internet" (a self-signed CA) and the direct-path baseline. qemu-system-x86: the
-# microvm tier (docs/microvm.md).
+# microvm tier (docs/microvm.md). musl-tools + linux-libc-dev: the in-sandbox agent is linked
+# against musl: glibc's static start-up (CPU feature probing) costs ~8 ms under gVisor, where
+# every CPUID instruction traps into the sentry.
 readonly PACKAGES=(runc nftables debootstrap iproute2 busybox-static uidmap e2fsprogs
-                   build-essential gcc make libc6-dev ca-certificates openssl curl qemu-system-x86)
+                   build-essential gcc make libc6-dev linux-libc-dev musl-tools ca-certificates
+                   openssl curl qemu-system-x86)
 
 is_installed() {
   [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true) == "install ok installed" ]]
