@@ -155,6 +155,11 @@ struct exec {
 	pid_t started_pid;
 	int is_pty;                 /* out_fd is a pty master, in_fd a dup of it; no err_fd */
 	int out_held;               /* FLOW: the host asked us to stop reading this exec's output */
+	/* RESIZE re-checks (see handle_resize): the size asked for, the one it replaced, and when
+	 * to look again (monotonic ms, 0 = done; ws_checks = looks taken so far). */
+	struct winsize ws_want, ws_prev;
+	uint64_t ws_check_at;
+	int ws_checks;
 };
 static struct exec *g_execs;
 static size_t g_exec_count;
@@ -1280,7 +1285,26 @@ static void handle_stdin(uint32_t ch, const unsigned char *p, size_t n)
 	g_stdin_bytes += n;
 }
 
-/* RESIZE: `u16 rows, u16 cols`; the kernel sends SIGWINCH to the terminal's foreground group. */
+/* RESIZE: `u16 rows, u16 cols`; the kernel sends SIGWINCH to the terminal's foreground group.
+ * readline reads the size and writes the same value back each time it prepares the terminal
+ * for a line (rltty.c set_winsize). A resize landing between that read and write is undone:
+ * the terminal keeps the old size. The window is microseconds on Linux but milliseconds under
+ * gVisor, where each syscall traps. So the agent looks again shortly after, and re-applies the
+ * size if it has reverted to exactly the one it replaced; any other value is a program's own
+ * change (stty rows N) and is left alone. */
+static const unsigned RESIZE_RECHECK_MS[] = { 2, 10, 50, 250 };
+#define RESIZE_RECHECKS (sizeof RESIZE_RECHECK_MS / sizeof RESIZE_RECHECK_MS[0])
+
+static int same_size(const struct winsize *a, const struct winsize *b)
+{
+	return a->ws_row == b->ws_row && a->ws_col == b->ws_col;
+}
+
+static int pty_fd(const struct exec *e)
+{
+	return e && e->is_pty ? (e->out_fd >= 0 ? e->out_fd : e->in_fd) : -1;
+}
+
 static void handle_resize(uint32_t ch, struct rd r)
 {
 	uint16_t rows, cols;
@@ -1289,11 +1313,38 @@ static void handle_resize(uint32_t ch, struct rd r)
 		return;
 	}
 	struct exec *e = exec_by_channel(ch);
-	int fd = e && e->is_pty ? (e->out_fd >= 0 ? e->out_fd : e->in_fd) : -1;
-	if (fd >= 0 && rows && cols) {
-		struct winsize ws = { .ws_row = rows, .ws_col = cols };
-		ioctl(fd, TIOCSWINSZ, &ws);
+	int fd = pty_fd(e);
+	if (fd < 0 || !rows || !cols)
+		return;
+	struct winsize ws = { .ws_row = rows, .ws_col = cols }, cur;
+	if (ioctl(fd, TIOCGWINSZ, &cur) != 0 || ioctl(fd, TIOCSWINSZ, &ws) != 0) {
+		logmsg("resize: %s", errstr(errno));
+		return;
 	}
+	e->ws_want = ws;
+	e->ws_prev = cur;
+	e->ws_checks = 0;
+	e->ws_check_at = same_size(&cur, &ws) ? 0 : now_ms() + RESIZE_RECHECK_MS[0];
+}
+
+/* A due re-check of a resize; returns ms until the next one, -1 when none is left. */
+static int64_t resize_recheck(struct exec *e, uint64_t now)
+{
+	if (!e->ws_check_at)
+		return -1;
+	if (now < e->ws_check_at)
+		return (int64_t)(e->ws_check_at - now);
+	int fd = pty_fd(e);
+	struct winsize cur;
+	if (fd >= 0 && ioctl(fd, TIOCGWINSZ, &cur) == 0 && same_size(&cur, &e->ws_prev) && !same_size(&cur, &e->ws_want))
+		ioctl(fd, TIOCSWINSZ, &e->ws_want);
+	e->ws_checks++;
+	if (fd < 0 || (size_t)e->ws_checks >= RESIZE_RECHECKS) {
+		e->ws_check_at = 0;
+		return -1;
+	}
+	e->ws_check_at = now + (RESIZE_RECHECK_MS[e->ws_checks] - RESIZE_RECHECK_MS[e->ws_checks - 1]);
+	return (int64_t)(e->ws_check_at - now);
 }
 
 /* FLOW: `u32 held`: 1 = stop reading this exec's output (its consumer is slow; a writer then
@@ -3241,6 +3292,9 @@ static void loop(void)
 				timeout = (int64_t)(g_next_connect - now);
 		}
 		for (struct exec *e = g_execs; e; e = e->next) {
+			int64_t rc = resize_recheck(e, now);
+			if (rc >= 0 && (timeout < 0 || rc < timeout))
+				timeout = rc;
 			if (!e->deadline || e->pid <= 0)
 				continue;
 			if (now >= e->deadline) {

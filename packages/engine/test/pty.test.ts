@@ -113,6 +113,30 @@ for (const runtime of runtimes) {
       assert.equal(exited?.data['exitCode'], 3);
     });
 
+    test('a resize undone by a stale write-back (readline\'s get-then-set) is re-applied; a program\'s own size stays', async () => {
+      // The program plays readline's lost update: it waits for the resize, then writes the
+      // size it read before back. The second part sets a size of its own, which must stay.
+      const script = [
+        'old=$(stty size); echo "ready $old"',
+        'while [ "$(stty size)" = "$old" ]; do :; done',
+        'stty rows ${old% *} cols ${old#* }; echo reverted',
+        'sleep 0.7; echo "final $(stty size)"',
+        'cur=$(stty size); echo ready2',
+        'while [ "$(stty size)" = "$cur" ]; do :; done',
+        'stty rows 33 cols 77; sleep 0.7; echo "own $(stty size)"',
+      ].join('\n');
+      const s = await engine.openPty(admin, id, { cols: 100, rows: 30, cmd: ['/bin/sh', '-c', script] });
+      const out = record(s);
+      await out.waitFor(/ready 30 100\r\n/);
+      s.resize(120, 40);
+      await out.waitFor(/reverted\r\n/);
+      await out.waitFor(/final 40 120\r\n/);
+      await out.waitFor(/ready2\r\n/);
+      s.resize(90, 20);
+      await out.waitFor(/own 33 77\r\n/);
+      assert.equal((await s.exited).exitCode, 0);
+    });
+
     test('the line discipline: canonical input with erase, echo, ^D', async () => {
       const s = await engine.openPty(admin, id, { cmd: ['/bin/sh', '-c', 'read x; echo "got=$x"; cat; echo "cat=$?"'] });
       const out = record(s);
