@@ -430,7 +430,7 @@ export class Engine implements AirlockEngine {
       let netnsPath: string | undefined;
       if (lease && driver.networkBeforeStart) {
         // This runtime reads its interfaces once, at start: plumb a fresh namespace first.
-        await this.network.attach(rec.id, lease, undefined, spec.network);
+        await this.network.attach(rec.id, lease, undefined, spec.network, { mtu: driver.linkMtu });
         netnsPath = NetworkManager.netnsPath(rec.id);
       }
       await driver.start({
@@ -445,7 +445,7 @@ export class Engine implements AirlockEngine {
         // Plumbed before create returns: no command of the caller runs before the rules exist.
         const pid = await driver.networkPid(rec.id);
         if (pid === null) throw new Error('the sandbox exited before its network could be set up');
-        await this.network.attach(rec.id, lease, pid, spec.network);
+        await this.network.attach(rec.id, lease, pid, spec.network, { mtu: driver.linkMtu });
       }
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
@@ -518,7 +518,7 @@ export class Engine implements AirlockEngine {
         try {
           const pid = await driver.networkPid(id);
           if (pid === null) throw conflict(`sandbox ${id} is not running`);
-          await this.network.attach(id, lease, pid, next);
+          await this.network.attach(id, lease, pid, next, { mtu: driver.linkMtu });
         } catch (e) {
           await this.network.teardown(id, lease).catch(() => {});
           throw e;

@@ -51,6 +51,12 @@ export interface TestInternet {
   clearCanaryHits(): Promise<void>;
   /** Connections the internet servers accepted, one entry per connection, with the Host (HTTP) or SNI (HTTPS) they saw. */
   serverLog(): Promise<ServerLogEntry[]>;
+  /**
+   * Sets the TCP congestion control the internet's servers use for new connections (a sysctl of
+   * their namespace, which otherwise inherits the host's default). The throughput benchmark
+   * measures both the kernel's default (cubic) and a pacing one (bbr).
+   */
+  setServerCongestion(name: string): Promise<void>;
   /** A loopback canary on the host (127.0.0.1:loopbackCanaryPort) for names that resolve to 127.0.0.1. */
   loopbackCanaryPort: number;
   /** Removes every namespace, veth, route, process and temp dir it made; idempotent. */
@@ -638,6 +644,10 @@ export async function startTestInternet(opts: { records?: Record<string, string>
         canary.servers.hits.length = 0;
         await ip('netns', 'exec', canNs, 'nft', 'flush', 'set', 'inet', 'airlock_canary', 'hits');
         await ip('netns', 'exec', canNs, 'nft', 'flush', 'set', 'inet', 'airlock_canary', 'pings');
+      },
+      async setServerCongestion(name: string) {
+        if (!/^[a-z0-9_]{1,15}$/.test(name)) throw new Error(`not a congestion control name: ${name}`);
+        await ip('netns', 'exec', inetNs, 'sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${name}`);
       },
       async serverLog() {
         await inet.servers.sync();

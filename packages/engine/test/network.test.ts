@@ -422,9 +422,18 @@ describe('policy changes', () => {
   test('bandwidth cap', async () => {
     const s = await sandbox(['big.test'], { bandwidthMbps: 16 });
     // 4 MiB at 16 Mbit/s takes about 2 s; without the cap it takes milliseconds.
-    const r = await sh(s.id, 'curl -sS -o /dev/null -w "%{time_total}" http://big.test/bytes/4194304');
-    const seconds = Number(r.stdout.trim());
-    assert.ok(seconds > 1.2, `4 MiB took ${seconds}s under a 16 Mbit/s cap`);
+    const r = await sh(s.id, 'curl -sS -o /dev/null -w "%{time_total} %{size_download}" http://big.test/bytes/4194304');
+    assert.equal(r.exitCode, 0, r.stderr);
+    const [seconds, size] = r.stdout.trim().split(' ').map(Number);
+    // Whole: the shaper's bucket holds a full frame of the sandbox's large-MTU link.
+    assert.equal(size, 4194304);
+    assert.ok(seconds! > 1.2, `4 MiB took ${seconds}s under a 16 Mbit/s cap`);
+    // And the other way: 3 MiB up takes about 1.6 s.
+    const up = await sh(s.id, 'head -c 3145728 /dev/zero | tr "\\0" x | curl -sS -o /dev/null -w "%{time_total} %{size_upload}" --data-binary @- http://big.test/echo');
+    assert.equal(up.exitCode, 0, up.stderr);
+    const [upSeconds, upSize] = up.stdout.trim().split(' ').map(Number);
+    assert.equal(upSize, 3145728);
+    assert.ok(upSeconds! > 1.0, `3 MiB up took ${upSeconds}s under a 16 Mbit/s cap`);
     await engine.killSandbox(admin, s.id);
   });
 });

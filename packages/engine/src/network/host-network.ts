@@ -1,4 +1,4 @@
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { run } from '../util/run.js';
 import type { NetworkLease } from './address-pool.js';
 
@@ -19,6 +19,15 @@ export const NETNS_DIR = '/run/netns';
 /** Marks TPROXY'd packets so the policy route delivers them locally. */
 export const DEFAULT_FWMARK = 0x4a11;
 export const DEFAULT_ROUTE_TABLE = 4711;
+
+/**
+ * The sandbox link's MTU (both veth ends). Every packet on it ends at the host (the proxy, the
+ * resolver) and is never forwarded, so the size is internal to this machine: 64 KiB segments
+ * need a fraction of the per-packet work of 1500-byte ones on the sandbox leg of a proxied
+ * download. A tier whose guest keeps its own 1500 (microvm) asks for that instead.
+ */
+export const SANDBOX_LINK_MTU = 65520;
+export const ETHERNET_MTU = 1500;
 
 export const netnsName = (id: string) => `airlock-${id}`;
 /** Kernel interface names hold 15 characters: "alk" + the 12-character sandbox id. */
@@ -162,6 +171,8 @@ export interface LinkOptions {
   pid?: number;
   /** Per-direction cap in megabits per second; none when absent. */
   bandwidthMbps?: number;
+  /** Both ends' MTU; default SANDBOX_LINK_MTU. */
+  mtu?: number;
 }
 
 /**
@@ -175,15 +186,19 @@ export async function createLink(o: LinkOptions): Promise<void> {
   if (o.pid !== undefined) await ip(['netns', 'attach', ns, String(o.pid)]);
   else if (!existsSync(`${NETNS_DIR}/${ns}`)) await ip(['netns', 'add', ns]);
   const gw = `${o.lease.gatewayIp}/${o.lease.prefixLength}`;
+  const mtu = o.mtu ?? SANDBOX_LINK_MTU;
+  if (!Number.isInteger(mtu) || mtu < 1280 || mtu > SANDBOX_LINK_MTU) throw new Error(`bad link MTU ${mtu}`);
   await ip([], [
     `link add ${hostIf} type veth peer name eth0 netns ${ns}`,
     `link set dev ${hostIf} addrgenmode none`,
+    `link set dev ${hostIf} mtu ${mtu}`,
     `addr add ${gw} dev ${hostIf}`,
     `link set dev ${hostIf} up`,
     '',
   ].join('\n'));
   await ip(['-n', ns], [
     'link set dev eth0 addrgenmode none',
+    `link set dev eth0 mtu ${mtu}`,
     `addr add ${o.lease.sandboxIp}/${o.lease.prefixLength} dev eth0`,
     'link set dev lo up',
     'link set dev eth0 up',
@@ -204,11 +219,23 @@ export async function setBandwidth(id: string, mbps: number | null): Promise<voi
     return;
   }
   const rate = `${Math.round(mbps * 1000)}kbit`;
-  // Burst: 10 ms at the rate, at least 32 KiB (the kernel needs more than one MTU per tick).
-  const burst = `${Math.max(32 * 1024, Math.round((mbps * 1e6) / 8 / 100))}`;
+  // Burst: 10 ms at the rate, at least 32 KiB (the kernel needs more than one MTU per tick), and
+  // never below one whole frame of the link: tbf drops a packet larger than its bucket.
+  const frame = linkMtu(hostIf) + 64;
+  const burst = `${Math.max(32 * 1024, frame, Math.round((mbps * 1e6) / 8 / 100))}`;
   const args = ['qdisc', 'replace', 'dev', 'IF', 'root', 'tbf', 'rate', rate, 'burst', burst, 'latency', '50ms'];
   await run('tc', args.map((a) => (a === 'IF' ? hostIf : a)), { timeoutMs: 15_000 });
   await run('tc', ['-n', ns, ...args.map((a) => (a === 'IF' ? 'eth0' : a))], { timeoutMs: 15_000 });
+}
+
+/** The link's MTU as the kernel has it (both ends are set alike); 1500 when unreadable. */
+function linkMtu(ifName: string): number {
+  try {
+    const mtu = Number(readFileSync(`/sys/class/net/${ifName}/mtu`, 'utf8').trim());
+    return Number.isInteger(mtu) && mtu > 0 ? mtu : ETHERNET_MTU;
+  } catch {
+    return ETHERNET_MTU;
+  }
 }
 
 /** Removes the veth pair and the namespace name; tolerant of either being gone already. */

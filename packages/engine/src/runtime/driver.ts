@@ -63,6 +63,8 @@ export interface RuntimeDriver {
    * once, like runsc); false when the engine plumbs the namespace of the running sandbox.
    */
   readonly networkBeforeStart: boolean;
+  /** The sandbox link's MTU when the tier needs one (network/host-network.ts SANDBOX_LINK_MTU otherwise). */
+  readonly linkMtu?: number;
   /**
    * True when a process the host's OOM killer ended reaches the agent as a plain failed exit
    * rather than SIGKILL (gVisor: the kill lands on the sentry's address-space stub, and the sentry

@@ -17,6 +17,7 @@ import { qmp } from './microvm/qmp.js';
 import { templateImage } from './microvm/template-image.js';
 import { createVmCgroup } from './microvm/vm-cgroup.js';
 import { readGuestNic, removeTap, spliceTap, TAP_NAME } from './microvm/vm-network.js';
+import { ETHERNET_MTU } from '../network/host-network.js';
 
 /**
  * The `microvm` tier: each sandbox is a QEMU `-M microvm` guest with its own kernel (Debian's
@@ -67,6 +68,8 @@ export interface MicrovmDriverOptions {
 export class MicrovmDriver implements RuntimeDriver {
   readonly name: RuntimeName = 'microvm';
   readonly networkBeforeStart = true;
+  /** The guest's virtio NIC keeps Ethernet's 1500; the TAP and veth match it, so no frame is too big for it. */
+  readonly linkMtu = ETHERNET_MTU;
   /** The guest's own OOM killer ends a process with SIGKILL, which the agent reports as such. */
   readonly oomSeenAsExit = false;
   /** QEMU's chardev connects at launch; the guest's agent says HELLO only after the boot. */
