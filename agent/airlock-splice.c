@@ -61,6 +61,16 @@
 #define MAX_EVENTS 256
 /* splice rounds one direction may run before others get a turn (it is re-queued, not dropped). */
 #define PUMP_ROUNDS 16
+/* Receive buffers (SO_RCVBUFFORCE; the kernel doubles the value). Autotuning grows a socket's
+ * buffer only as fast as it is read, and a buffer that runs nearly full makes TCP hold its ACKs
+ * (the window no longer advances) until the next read: a sender with a small congestion window
+ * (BBR on a short round trip) then stalls between our reads, at well under half the direct
+ * speed. So each relayed socket gets a big fixed buffer, and every arriving segment is
+ * acknowledged at once. At most BIG_SOCKETS hold one at a time (the rest keep autotuning),
+ * which bounds what stalled connections can pin: 64 x 8 MiB. (Shrinking the buffer of a
+ * direction that blocks was tried: the drops and window collapses cost more than it saved.) */
+#define BIG_RCVBUF (4 << 20)
+#define BIG_SOCKETS 64
 
 enum end_kind { END_NORMAL, END_RESET };
 
@@ -80,6 +90,7 @@ struct conn {
     int fd[2];
     uint32_t events[2]; /* what fd[s] is registered for */
     struct dir dir[2]; /* dir[0]: fd[0] -> fd[1]; dir[1]: fd[1] -> fd[0] */
+    bool big[2];       /* fd[s] holds one of the BIG_SOCKETS big receive buffers */
     bool dead;
     bool in_ready;
     struct conn *hash_next;
@@ -94,6 +105,7 @@ static struct conn *buckets[HASH_BUCKETS];
 static struct conn *ready_head;
 static struct conn *dead_head;
 static bool stdout_broken;
+static unsigned big_sockets; /* sockets holding a big receive buffer now */
 
 /* Events are short lines to a pipe Node always drains; blocking writes keep them whole. */
 static void emit(const char *fmt, ...) {
@@ -156,6 +168,7 @@ static void finish(struct conn *c, enum end_kind how) {
     if (c->dead) return;
     c->dead = true;
     for (int s = 0; s < 2; s++) {
+        if (c->big[s]) { c->big[s] = false; big_sockets--; }
         /* Deregister explicitly: Node may still hold a copy of the socket, and epoll forgets a
          * registration only when the last copy closes. */
         epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd[s], NULL);
@@ -208,6 +221,18 @@ static int pump(struct conn *c, int d) {
         }
     }
     return 1;
+}
+
+/* Gives the connection's sockets big receive buffers while the budget lasts (see BIG_RCVBUF).
+ * Best effort: a failed setsockopt leaves the socket autotuning. */
+static void size_buffers(struct conn *c) {
+    for (int s = 0; s < 2 && big_sockets < BIG_SOCKETS; s++) {
+        int v = BIG_RCVBUF;
+        if (setsockopt(c->fd[s], SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof v) == 0) {
+            c->big[s] = true;
+            big_sockets++;
+        }
+    }
 }
 
 /* Registers fd[s] for what its directions now wait on: input to read (EOF included), or room
@@ -325,6 +350,7 @@ static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], cons
     c->hash_next = *b;
     *b = c;
     nconns++;
+    size_buffers(c);
     emit("OK %s", idtext);
     /* Data may be waiting already; pump without waiting for the first edge. */
     mark_ready(c, 0);

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readdirSync, readlinkSync } from 'node:fs';
@@ -343,6 +343,39 @@ test('the daemon reports bad commands and keeps going', async () => {
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');
   }
+});
+
+/** Receive-buffer sizes (skmem rb) of the sockets the daemon holds, from the kernel (ss). */
+function relayReceiveBuffers(pid: number): number[] {
+  const out = execFileSync('ss', ['-tmpH', 'state', 'established'], { encoding: 'utf8' });
+  const sizes: number[] = [];
+  // Each socket: a line with users:((...,pid=N,fd=M),...), then an indented skmem:(r0,rbSIZE,...) line.
+  const lines = out.split('\n');
+  for (let i = 0; i + 1 < lines.length; i++) {
+    if (!lines[i]!.includes(`pid=${pid},`)) continue;
+    const rb = /skmem:\(r\d+,rb(\d+),/.exec(lines[i + 1]!);
+    if (rb) sizes.push(Number(rb[1]));
+  }
+  return sizes;
+}
+
+test('relayed sockets get a fixed 8 MiB receive buffer, at most 64 at a time; the budget comes back', async () => {
+  const BIG = 8 * MiB;
+  const sp = spliced(relay);
+  const conns: Array<Awaited<ReturnType<typeof established>>> = [];
+  try {
+    for (let i = 0; i < 33; i++) conns.push(await established(sp.relayer, sp));
+    const sizes = relayReceiveBuffers(relay.pid);
+    assert.equal(sizes.length, 66, 'the daemon holds both sockets of 33 connections');
+    assert.equal(sizes.filter((rb) => rb === BIG).length, 64, `receive buffers: ${sizes.join(',')}`);
+  } finally {
+    for (const c of conns) c.h.cut();
+    await Promise.all(conns.map((c) => c.h.done.catch(() => {})));
+  }
+  const again = await established(sp.relayer, sp);
+  assert.deepEqual(relayReceiveBuffers(relay.pid), [BIG, BIG], 'a connection after the others ended gets the big buffers');
+  again.h.cut();
+  await again.h.done.catch(() => {});
 });
 
 test('the daemon holds no descriptor of a finished connection', () => {
