@@ -41,6 +41,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <netinet/tcp.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -63,13 +64,16 @@
 #define PUMP_ROUNDS 16
 /* Receive buffers (SO_RCVBUFFORCE; the kernel doubles the value). Autotuning grows a socket's
  * buffer only as fast as it is read, and a buffer that runs nearly full makes TCP hold its ACKs
- * (the window no longer advances) until the next read: a sender with a small congestion window
- * (BBR on a short round trip) then stalls between our reads, at well under half the direct
- * speed. So each relayed socket gets a big fixed buffer, and every arriving segment is
- * acknowledged at once. At most BIG_SOCKETS hold one at a time (the rest keep autotuning),
- * which bounds what stalled connections can pin: 64 x 8 MiB. (Shrinking the buffer of a
- * direction that blocks was tried: the drops and window collapses cost more than it saved.) */
+ * (the window no longer advances) until the next read. A sender with a small congestion window
+ * then stalls between our reads: BBR on a round trip of microseconds (a local server, the same
+ * data centre) ran at well under half the direct speed. So a relayed socket whose measured round
+ * trip is short gets a big fixed buffer, and every arriving segment is acknowledged at once.
+ * Longer paths keep autotuning, which suits them (a fixed buffer would cap their window). At
+ * most BIG_SOCKETS hold one at a time, which bounds what stalled connections can pin: 64 x 8 MiB.
+ * (Shrinking the buffer of a direction that blocks was tried: the drops and window collapses
+ * cost more than they saved.) AIRLOCK_SPLICE_SHORT_RTT_US overrides the threshold (tests). */
 #define BIG_RCVBUF (4 << 20)
+#define SHORT_RTT_US 2000
 #define BIG_SOCKETS 64
 
 enum end_kind { END_NORMAL, END_RESET };
@@ -223,10 +227,17 @@ static int pump(struct conn *c, int d) {
     return 1;
 }
 
-/* Gives the connection's sockets big receive buffers while the budget lasts (see BIG_RCVBUF).
- * Best effort: a failed setsockopt leaves the socket autotuning. */
+static unsigned short_rtt_us = SHORT_RTT_US;
+
+/* Gives the connection's short-round-trip sockets big receive buffers while the budget lasts
+ * (see BIG_RCVBUF). Best effort: a socket not given one keeps autotuning. */
 static void size_buffers(struct conn *c) {
     for (int s = 0; s < 2 && big_sockets < BIG_SOCKETS; s++) {
+        struct tcp_info ti;
+        socklen_t len = sizeof ti;
+        memset(&ti, 0, sizeof ti);
+        if (getsockopt(c->fd[s], IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_rtt == 0 || ti.tcpi_rtt >= short_rtt_us)
+            continue;
         int v = BIG_RCVBUF;
         if (setsockopt(c->fd[s], SOL_SOCKET, SO_RCVBUFFORCE, &v, sizeof v) == 0) {
             c->big[s] = true;
@@ -513,6 +524,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: airlock-splice PID\n");
         return 2;
     }
+    const char *rtt_env = getenv("AIRLOCK_SPLICE_SHORT_RTT_US");
+    uint64_t rtt_us;
+    if (rtt_env && parse_uint(rtt_env, UINT32_MAX, &rtt_us)) short_rtt_us = (unsigned)rtt_us;
     signal(SIGPIPE, SIG_IGN); /* a write to a closed socket or to a gone Node is an error, not death */
     int flags = fcntl(STDOUT_FILENO, F_GETFL);
     if (flags >= 0 && (flags & O_NONBLOCK)) fcntl(STDOUT_FILENO, F_SETFL, flags & ~O_NONBLOCK);

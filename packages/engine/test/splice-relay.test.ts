@@ -359,7 +359,7 @@ function relayReceiveBuffers(pid: number): number[] {
   return sizes;
 }
 
-test('relayed sockets get a fixed 8 MiB receive buffer, at most 64 at a time; the budget comes back', async () => {
+test('relayed sockets with a short round trip get a fixed 8 MiB receive buffer, at most 64 at a time; the budget comes back', async () => {
   const BIG = 8 * MiB;
   const sp = spliced(relay);
   const conns: Array<Awaited<ReturnType<typeof established>>> = [];
@@ -376,6 +376,28 @@ test('relayed sockets get a fixed 8 MiB receive buffer, at most 64 at a time; th
   assert.deepEqual(relayReceiveBuffers(relay.pid), [BIG, BIG], 'a connection after the others ended gets the big buffers');
   again.h.cut();
   await again.h.done.catch(() => {});
+});
+
+test('a socket whose round trip is not short keeps autotuning its receive buffer', async (t) => {
+  // Every real round trip counts as long for this daemon (threshold 1 µs).
+  process.env['AIRLOCK_SPLICE_SHORT_RTT_US'] = '1';
+  let other: SpliceRelay;
+  try {
+    other = await SpliceRelay.start(BINARY);
+  } finally {
+    delete process.env['AIRLOCK_SPLICE_SHORT_RTT_US'];
+  }
+  t.after(() => other.close());
+  const sp = spliced(other);
+  const c = await established(sp.relayer, sp);
+  try {
+    const sizes = relayReceiveBuffers(other.pid);
+    assert.equal(sizes.length, 2);
+    assert.ok(sizes.every((rb) => rb !== 8 * MiB), `receive buffers: ${sizes.join(',')}`);
+  } finally {
+    c.h.cut();
+    await c.h.done.catch(() => {});
+  }
 });
 
 test('the daemon holds no descriptor of a finished connection', () => {
