@@ -114,20 +114,27 @@ for (const runtime of runtimes) {
     });
 
     test('a resize undone by a stale write-back (readline\'s get-then-set) is re-applied; a program\'s own size stays', async () => {
-      // The program plays readline's lost update: it waits for the resize, then writes the
-      // size it read before back. The second part sets a size of its own, which must stay.
-      const script = [
-        'old=$(stty size); echo "ready $old"',
-        'while [ "$(stty size)" = "$old" ]; do :; done',
-        'stty rows ${old% *} cols ${old#* }; echo reverted',
-        'sleep 0.7; echo "final $(stty size)"',
-        'cur=$(stty size); echo ready2',
-        'while [ "$(stty size)" = "$cur" ]; do :; done',
-        'stty rows 33 cols 77; sleep 0.7; echo "own $(stty size)"',
+      // The program plays readline's lost update: it polls the size with ioctls (no process
+      // spawns, so it reacts within a millisecond, like readline's own get-then-set), and once
+      // the resize lands writes back the size it read before. Then it sets a size of its own,
+      // which must stay.
+      const program = [
+        'import fcntl, struct, termios, time',
+        'def get(): return struct.unpack("HHHH", fcntl.ioctl(0, termios.TIOCGWINSZ, bytes(8)))[:2]',
+        'def put(r, c): fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", r, c, 0, 0))',
+        'def wait_change(s):',
+        '    deadline = time.time() + 30',
+        '    while get() == s and time.time() < deadline: pass',
+        'old = get(); print("ready %d %d" % old, flush=True)',
+        'wait_change(old); put(*old); print("reverted", flush=True)',
+        'time.sleep(0.7); print("final %d %d" % get(), flush=True)',
+        'cur = get(); print("ready2", flush=True)',
+        'wait_change(cur); put(33, 77)',
+        'time.sleep(0.7); print("own %d %d" % get(), flush=True)',
       ].join('\n');
-      const s = await engine.openPty(admin, id, { cols: 100, rows: 30, cmd: ['/bin/sh', '-c', script] });
+      const s = await engine.openPty(admin, id, { cols: 100, rows: 30, cmd: ['python3', '-c', program] });
       const out = record(s);
-      await out.waitFor(/ready 30 100\r\n/);
+      await out.waitFor(/ready 30 100\r\n/, 30_000);
       s.resize(120, 40);
       await out.waitFor(/reverted\r\n/);
       await out.waitFor(/final 40 120\r\n/);
