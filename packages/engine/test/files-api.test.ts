@@ -132,9 +132,19 @@ describe('watch', () => {
     const ctl = new AbortController();
     const w = await engine.watchFiles(admin, s.id, '/work/w', { recursive: true }, (e) => events.push(e), ctl.signal);
     const has = (type: string, path: string) => events.some((e) => e.type === type && e.path === path);
-    await sh(s.id, 'mkdir -p /work/w/pre/a/b && echo 1 > /work/w/pre/a/b/f && echo 2 >> /work/w/pre/a/b/f');
+    // Directories made faster than the agent can watch them: what is in them by then is reported
+    // as created by the scan of each new directory (a write before its watch exists is not seen
+    // as a modification: inotify has no history). So the writes wait for the watch on b.
+    await sh(s.id, 'mkdir -p /work/w/pre/a/b');
+    await waitFor('created deep dir', () => has('created', '/work/w/pre/a/b'));
+    await sh(s.id, 'echo 1 > /work/w/pre/a/b/f && echo 2 >> /work/w/pre/a/b/f');
     await waitFor('created deep', () => has('created', '/work/w/pre/a/b/f'));
     await waitFor('modified deep', () => has('modified', '/work/w/pre/a/b/f'));
+    // And a file created together with its directories still arrives, from the scan.
+    await sh(s.id, 'mkdir -p /work/w/pre/x/y && echo 3 > /work/w/pre/x/y/h');
+    await waitFor('created with its directories', () => has('created', '/work/w/pre/x/y/h'));
+    await sh(s.id, 'rm -r /work/w/pre/x');
+    await waitFor('deleted with its directories', () => has('deleted', '/work/w/pre/x'));
     await sh(s.id, 'mv /work/w/pre/a/b/f /work/w/g && rm /work/w/g && rmdir /work/w/pre/a/b');
     await waitFor('moved', () => events.some((e) => e.type === 'moved' && e.path === '/work/w/g' && e.from === '/work/w/pre/a/b/f'));
     await waitFor('deleted', () => has('deleted', '/work/w/g') && has('deleted', '/work/w/pre/a/b'));
