@@ -11,11 +11,18 @@
  *                                                     relay Node's connected sockets fdA, fdB; with
  *                                                     their inode numbers (/proc/self/fd/N ->
  *                                                     socket:[ino]) only if they are still those
+ *                              ADD1 <id> <fdA> <fdB> [<inoA> <inoB>]
+ *                                                     one way only, A -> B: Node keeps its own
+ *                                                     descriptors and the other direction (it reads
+ *                                                     B and writes A itself, e.g. to check requests)
  *                              CUT <id>               end that connection now, with a reset
  * stdout, one event a line:    READY                  once, at start: pidfd_getfd works
- *                              OK <id>                we hold our own duplicates; Node may close its
+ *                              OK <id>                we hold our own duplicates (ADD: Node may close its)
  *                              ERR <id> <message>     a command failed (id "-" if it had none)
- *                              DONE <id> <aToB> <bToA>  the connection is over; bytes delivered
+ *                              DONE <id> <aToB> <bToA> end|reset
+ *                                                     the connection (ADD1: its one direction) is over;
+ *                                                     bytes delivered; "reset": it broke or was cut,
+ *                                                     and the sockets reset when their last copy closes
  * When stdin closes, every connection still relayed is reset and reported DONE, and we exit 0.
  *
  * Relay: edge-triggered epoll, one pipe per direction, socket -> pipe -> socket. A direction
@@ -95,6 +102,7 @@ struct conn {
     uint32_t events[2]; /* what fd[s] is registered for */
     struct dir dir[2]; /* dir[0]: fd[0] -> fd[1]; dir[1]: fd[1] -> fd[0] */
     bool big[2];       /* fd[s] holds one of the BIG_SOCKETS big receive buffers */
+    bool oneway;       /* ADD1: only dir[0]; dir[1] is Node's, and counts as shut from the start */
     bool dead;
     bool in_ready;
     struct conn *hash_next;
@@ -183,8 +191,8 @@ static void finish(struct conn *c, enum end_kind how) {
     }
     unhash(c);
     nconns--;
-    emit("DONE %llu %llu %llu", (unsigned long long)c->id, (unsigned long long)c->dir[0].bytes,
-         (unsigned long long)c->dir[1].bytes);
+    emit("DONE %llu %llu %llu %s", (unsigned long long)c->id, (unsigned long long)c->dir[0].bytes,
+         (unsigned long long)c->dir[1].bytes, how == END_RESET ? "reset" : "end");
     if (!c->in_ready) {
         c->dead_next = dead_head;
         dead_head = c;
@@ -232,7 +240,7 @@ static unsigned short_rtt_us = SHORT_RTT_US;
 /* Gives the connection's short-round-trip sockets big receive buffers while the budget lasts
  * (see BIG_RCVBUF). Best effort: a socket not given one keeps autotuning. */
 static void size_buffers(struct conn *c) {
-    for (int s = 0; s < 2 && big_sockets < BIG_SOCKETS; s++) {
+    for (int s = 0; s < (c->oneway ? 1 : 2) && big_sockets < BIG_SOCKETS; s++) {
         struct tcp_info ti;
         socklen_t len = sizeof ti;
         memset(&ti, 0, sizeof ti);
@@ -318,13 +326,14 @@ static int make_pipe(struct dir *p, struct failure *f) {
     return 0;
 }
 
-static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], const uint64_t ino[2]) {
+static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], const uint64_t ino[2], bool oneway) {
     if (lookup(id)) { emit_err(idtext, "duplicate id", 0); return; }
     if (nconns >= MAX_CONNS) { emit_err(idtext, "too many connections", 0); return; }
     if (node_fd[0] == node_fd[1]) { emit_err(idtext, "the same descriptor twice", 0); return; }
     struct conn *c = calloc(1, sizeof *c);
     if (!c) { emit_err(idtext, "out of memory", 0); return; }
     c->id = id;
+    c->oneway = oneway;
     c->fd[0] = c->fd[1] = -1;
     for (int d = 0; d < 2; d++) c->dir[d].pipe_r = c->dir[d].pipe_w = -1;
     struct failure f = { NULL, 0 };
@@ -334,7 +343,9 @@ static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], cons
         fail(&f, "the same socket twice", 0);
         ok = false;
     }
-    ok = ok && make_pipe(&c->dir[0], &f) == 0 && make_pipe(&c->dir[1], &f) == 0;
+    ok = ok && make_pipe(&c->dir[0], &f) == 0 && (oneway || make_pipe(&c->dir[1], &f) == 0);
+    /* One way: B -> A is Node's. Never read B here, and never shut A's write side. */
+    if (oneway) c->dir[1].eof = c->dir[1].shut = true;
     for (int s = 0; s < 2 && ok; s++) {
         struct epoll_event ev = {
             .events = EPOLLET, /* the first pumps (below) say what to wait for */
@@ -365,7 +376,7 @@ static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], cons
     emit("OK %s", idtext);
     /* Data may be waiting already; pump without waiting for the first edge. */
     mark_ready(c, 0);
-    mark_ready(c, 1);
+    if (!oneway) mark_ready(c, 1);
 }
 
 /* Strict unsigned decimal: 1..digits characters, no sign, no leading zero, at most max. */
@@ -394,7 +405,8 @@ static void command(char *line) {
     uint64_t id, fd[2], ino[2] = { 0, 0 };
     bool has_id = n >= 2 && parse_uint(tok[1], UINT64_MAX, &id);
     const char *idtext = has_id ? tok[1] : "-";
-    if ((n == 4 || n == 6) && has_id && strcmp(tok[0], "ADD") == 0) {
+    bool add = n > 0 && strcmp(tok[0], "ADD") == 0, add1 = n > 0 && strcmp(tok[0], "ADD1") == 0;
+    if ((n == 4 || n == 6) && has_id && (add || add1)) {
         if (!parse_uint(tok[2], INT_MAX, &fd[0]) || !parse_uint(tok[3], INT_MAX, &fd[1])) {
             emit_err(idtext, "bad descriptor", 0);
             return;
@@ -404,7 +416,7 @@ static void command(char *line) {
             emit_err(idtext, "bad inode", 0);
             return;
         }
-        add_conn(idtext, id, (const int[2]){ (int)fd[0], (int)fd[1] }, ino);
+        add_conn(idtext, id, (const int[2]){ (int)fd[0], (int)fd[1] }, ino, add1);
     } else if (n == 2 && has_id && strcmp(tok[0], "CUT") == 0) {
         struct conn *c = lookup(id);
         if (!c) emit_err(idtext, "unknown id", 0);

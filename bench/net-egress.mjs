@@ -2,7 +2,9 @@
 // 203.0.113.0/24 inside a namespace of their own; nothing leaves this machine):
 //   throughput: a 200 MiB download by a sandbox through Airlock (veth → TPROXY → proxy → veth)
 //               vs the same download straight over one veth pair without Airlock (host → server
-//               namespace), same curl, same server, alternating, in this one run.
+//               namespace), same curl command line (both pin the name with --resolve, so neither
+//               times a DNS lookup; the proxy still resolves and checks the name itself), same
+//               server, alternating, in this one run.
 //               Target: ≥ 0.7×. Measured once per congestion control of the test internet's
 //               servers (--server-cc, default "cubic,bbr"): cubic is the kernel's default; bbr
 //               (this kind of host's configured default) paces every burst with a timer, which
@@ -76,7 +78,7 @@ async function main() {
       const proxied = [];
       for (let i = 0; i < ROUNDS; i++) {
         direct.push(curlSeconds(['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--resolve', `big.test:80:${net.records['big.test']}`, url]));
-        const r = await engine.exec(admin, sbx.id, { cmd: ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', url], timeoutSeconds: 300 });
+        const r = await engine.exec(admin, sbx.id, { cmd: ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--resolve', `big.test:80:${net.records['big.test']}`, url], timeoutSeconds: 300 });
         if (r.exitCode !== 0) throw new Error(`sandbox curl failed: ${r.stderr}`);
         proxied.push(Number(r.stdout.trim()));
       }

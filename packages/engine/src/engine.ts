@@ -300,9 +300,17 @@ export class Engine implements AirlockEngine {
       broker: this.secretBroker,
       onEvent: (sandbox, type, data) => {
         if (this.closed) return;
-        const rec = this.sandboxes.get(sandbox);
-        this.events.append({ tenant: rec?.tenant ?? DEFAULT_TENANT, sandbox, type, data });
-        if (type === 'net.connect') this.metering.connectionEnded(sandbox, rec?.tenant ?? DEFAULT_TENANT, data);
+        const tenant = this.sandboxes.get(sandbox)?.tenant ?? DEFAULT_TENANT;
+        if (type !== 'net.connect') {
+          this.events.append({ tenant, sandbox, type, data });
+          return;
+        }
+        // The event and its byte accounting in one commit: one per connection on the proxy's
+        // path, and the usage never disagrees with the audit log.
+        this.tx(() => {
+          this.events.append({ tenant, sandbox, type, data });
+          this.metering.connectionEnded(sandbox, tenant, data);
+        });
       },
       log: (level, msg, data) => this.log(level, msg, data),
     });

@@ -774,8 +774,9 @@ describe('recheck, closeSandbox, robustness, limits', () => {
     assert.deepEqual(pick(cut!.data, 'name', 'reason', 'address'), { name: 'a.test', reason: 'policy-changed', address: '127.0.0.6' });
     assert.equal(typeof cut!.data.bytesOut, 'number');
     await aClosed;
-    b.write('still here');
-    assert.equal(await readUntil(b, 'still here'), 'still here');
+    // Plaintext HTTP is checked request by request: another request for b.test goes through.
+    b.write('GET /still-here HTTP/1.1\r\nHost: b.test\r\n\r\n');
+    assert.match(await readUntil(b, 'still-here'), /still-here/);
     sb.set(['a.test'], ['b.test']);
     assert.equal(h.proxy.recheck('sb-recheck'), 1);
     assert.equal(h.events.filter((e) => e.data.verdict === 'cut').length, 2);
@@ -846,12 +847,137 @@ describe('recheck, closeSandbox, robustness, limits', () => {
     assert.ok(chaos.length >= attempts.length - 3, JSON.stringify(h.events));
     assert.ok(chaos.every((e) => e.data.verdict === 'refused'));
     assert.equal(h.proxy.stats.refused - refusedBefore, attempts.length);
-    survivor.write('alive');
-    assert.equal(await readUntil(survivor, 'alive'), 'alive');
+    survivor.write('GET /alive HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    assert.match(await readUntil(survivor, '/alive'), /alive/);
     survivor.destroy();
     await sleep(50);
     assert.equal(h.proxy.stats.active, 0);
     assert.equal(h.proxy.listenerFd() > 0, true);
+  });
+});
+
+describe('plaintext HTTP: every request on a connection names the allowed host', () => {
+  const h = new Harness({ names: { 'a.test': ['127.0.0.8'], 'b.test': ['127.0.0.8'] } });
+  const echo = new Upstream((s) => s.pipe(s));
+  /** Answers the first request head with `status`, then echoes whatever follows. */
+  const upgrader = (status: string) => new Upstream((s) => {
+    let buf = '';
+    const onData = (d: Buffer): void => {
+      buf += d.toString('latin1');
+      const end = buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      s.off('data', onData);
+      s.write(`HTTP/1.1 ${status}\r\nContent-Length: 0\r\n\r\n`);
+      const rest = buf.slice(end + 4);
+      if (rest) s.write(rest);
+      s.pipe(s);
+    };
+    s.on('data', onData);
+  });
+  const switching = upgrader('101 Switching Protocols');
+  const refusing = upgrader('200 OK');
+  before(async () => {
+    await h.start();
+    await echo.listen('127.0.0.8');
+    await switching.listen('127.0.0.8');
+    await refusing.listen('127.0.0.8');
+  });
+  after(async () => { await h.close(); await echo.close(); await switching.close(); await refusing.close(); });
+
+  const sb = new TestSandbox('sb-guard', ['a.test']);
+  async function open(port = echo.port): Promise<net.Socket> {
+    const s = await h.connect(h.route(sb, '127.0.0.8', port));
+    s.on('error', () => {});
+    return s;
+  }
+  const cutEvent = () => h.event((e) => e.sandboxId === 'sb-guard' && e.data.verdict !== 'allow');
+
+  test('keep-alive requests for the allowed host pass, bodies included', async () => {
+    h.events.length = 0;
+    const s = await open();
+    s.write('GET /one HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    await readUntil(s, '/one');
+    // A body that looks like a request for another host is body: framed by its Content-Length.
+    const fake = 'GET /x HTTP/1.1\r\nHost: b.test\r\n\r\n';
+    s.write(`POST /two HTTP/1.1\r\nHost: A.Test.\r\nContent-Length: ${fake.length}\r\n\r\n${fake}`);
+    await readUntil(s, 'b.test');
+    s.write('POST /three HTTP/1.1\r\nHost: a.test:80\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /four HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    await readUntil(s, '/four');
+    const { error } = await exchange(s, null, true);
+    assert.equal(error, null);
+    assert.deepEqual(pick(await h.event(), 'verdict', 'name'), { verdict: 'allow', name: 'a.test' });
+  });
+
+  test('a later request for another host cuts the connection before the server sees it', async () => {
+    h.events.length = 0;
+    const before = echo.connections;
+    const s = await open();
+    s.write('GET /first HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    await readUntil(s, '/first');
+    const { error } = await exchange(s, 'GET /second HTTP/1.1\r\nHost: b.test\r\n\r\n', false);
+    assert.equal(error, 'ECONNRESET');
+    assert.deepEqual(pick(await cutEvent(), 'verdict', 'reason', 'requestedName', 'name'), { verdict: 'cut', reason: 'host-changed', requestedName: 'b.test', name: 'a.test' });
+    assert.doesNotMatch(echo.bytes(before).toString('latin1'), /second|b\.test/);
+  });
+
+  test('ambiguous framing, absolute-form naming two hosts, and CONNECT are refused', async () => {
+    const cases: Array<[string, string, string]> = [
+      // The server and the proxy could disagree on where the next request starts: request smuggling.
+      ['POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'cut', 'bad-request'],
+      ['POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd', 'cut', 'bad-request'],
+      ['GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n', 'refused', 'host-mismatch'],
+      ['CONNECT b.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n', 'refused', 'bad-request'],
+    ];
+    for (const [request, verdict, reason] of cases) {
+      h.events.length = 0;
+      const before = echo.connections;
+      const { data } = await exchange(await open(), request, false);
+      assert.equal(data.length, 0, request);
+      assert.deepEqual(pick(await cutEvent(), 'verdict', 'reason'), { verdict, reason }, request);
+      if (verdict === 'refused') assert.equal(echo.connections, before, 'refused before dialling');
+    }
+  });
+
+  test('explicit proxy: the request is sent with Connection: close, and a second one is refused', async () => {
+    h.events.length = 0;
+    const s = await h.connect(h.route(sb, GATEWAY, PROXY_PORT));
+    s.on('error', () => {});
+    s.write(`GET http://a.test:${echo.port}/one HTTP/1.1\r\nHost: a.test:${echo.port}\r\nProxy-Connection: keep-alive\r\n\r\n`);
+    const first = await readUntil(s, '\r\n\r\n');
+    assert.match(first, /^GET \/one HTTP\/1\.1\r\n/);
+    assert.match(first, /\r\nConnection: close\r\n/);
+    const { error } = await exchange(s, `GET http://a.test:${echo.port}/two HTTP/1.1\r\nHost: a.test:${echo.port}\r\n\r\n`, false);
+    assert.equal(error, 'ECONNRESET');
+    assert.deepEqual(pick(await cutEvent(), 'verdict', 'reason', 'mode'), { verdict: 'cut', reason: 'bad-request', mode: 'explicit' });
+  });
+
+  test('Upgrade: a 101 makes the rest a tunnel; any other answer keeps checking requests', async () => {
+    h.events.length = 0;
+    const t = await open(switching.port);
+    // Pipelined right behind the upgrade request: held until the server has answered.
+    t.write('GET /ws HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw frames, not HTTP');
+    assert.match(await readUntil(t, 'raw frames, not HTTP'), /^HTTP\/1\.1 101 /);
+    t.write('more raw bytes');
+    await readUntil(t, 'more raw bytes');
+    t.destroy();
+    // The client's EOF right behind what is held waits for the answer too: nothing is lost.
+    const fin = await exchange(await open(switching.port), 'GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n\r\nlast words', true);
+    assert.match(fin.data.toString('latin1'), /^HTTP\/1\.1 101 [^]*last words$/);
+    assert.equal(fin.error, null);
+
+    const r = await open(refusing.port);
+    r.write('GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n\r\nGET /next HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    assert.match(await readUntil(r, '/next'), /^HTTP\/1\.1 200 /);
+    const { error } = await exchange(r, 'GET /evil HTTP/1.1\r\nHost: b.test\r\n\r\n', false);
+    assert.equal(error, 'ECONNRESET');
+    assert.deepEqual(pick(await cutEvent(), 'reason', 'requestedName'), { reason: 'host-changed', requestedName: 'b.test' });
+
+    h.events.length = 0;
+    const late = await open();
+    late.write('GET / HTTP/1.1\r\nHost: a.test\r\n\r\n');
+    await readUntil(late, 'Host: a.test');
+    await exchange(late, 'GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n\r\n', false);
+    assert.deepEqual(pick(await cutEvent(), 'reason', 'detail'), { reason: 'bad-request', detail: 'Upgrade after the first request' });
   });
 });
 
@@ -870,8 +996,11 @@ describe('byte counts and throughput', () => {
   after(async () => { await h.close(); await bulk.close(); });
 
   test('bytesOut / bytesIn are exact', async () => {
-    const head = 'POST / HTTP/1.1\r\nHost: bulk.test\r\n\r\n';
+    const prefix = 'POST / HTTP/1.1\r\nHost: bulk.test\r\nContent-Length: ';
+    const bodyLength = OUT - prefix.length - String(OUT).length - 4; // the length's own digits: same count either way
+    const head = `${prefix}${bodyLength}\r\n\r\n`;
     const body = Buffer.alloc(OUT - head.length, 'y');
+    assert.equal(body.length, bodyLength);
     const sb = new TestSandbox('sb-bytes', ['bulk.test']);
     const { data } = await exchange(await h.connect(h.route(sb, '127.0.0.7', bulk.port)), Buffer.concat([Buffer.from(head), body]));
     assert.equal(data.length, IN);

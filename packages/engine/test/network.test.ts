@@ -419,6 +419,30 @@ describe('policy changes', () => {
     await engine.killSandbox(admin, s.id);
   });
 
+  test('keep-alive: each request must name the allowed host, also after the relay took the download', async () => {
+    const s = await sandbox(['big.test']);
+    const size = 4 * 1024 * 1024;
+    const r = await py(s.id, [
+      'import http.client',
+      "c = http.client.HTTPConnection('big.test', 80, timeout=5)",
+      `c.request('GET', '/bytes/${size}'); print(len(c.getresponse().read()))`,
+      "c.request('GET', '/'); print(c.getresponse().read().decode().strip())",
+      // The same connection, now for a host the policy never allowed: a virtual-hosting front would route it.
+      'try:',
+      "    c.request('GET', '/', headers={'Host': 'b.test'}); print(c.getresponse().read().decode().strip())",
+      'except Exception as e:',
+      "    print('cut', type(e).__name__)",
+    ].join('\n'));
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines[0], String(size), r.stderr);
+    assert.match(lines[1]!, /^hello from 203\.0\.113\.\d+ host=big\.test$/);
+    assert.match(lines[2]!, /^cut /, r.stdout);
+    const ev = await waitFor(() => netEvents(s.id, 'net.connect').find((e) => e.data.verdict === 'cut'), 'the cut event');
+    assert.deepEqual({ reason: ev.data.reason, requestedName: ev.data.requestedName, name: ev.data.name }, { reason: 'host-changed', requestedName: 'b.test', name: 'big.test' });
+    assert.ok((ev.data.bytesIn as number) > size, `bytesIn ${String(ev.data.bytesIn)}`);
+    await engine.killSandbox(admin, s.id);
+  });
+
   test('bandwidth cap', async () => {
     const s = await sandbox(['big.test'], { bandwidthMbps: 16 });
     // 4 MiB at 16 Mbit/s takes about 2 s; without the cap it takes milliseconds.

@@ -162,7 +162,7 @@ test('relays 64 MiB each way intact, with half-close, Node-buffered and in-fligh
   assert.equal(got.sha, sha(greeting, down));
   assert.equal(got.error, null);
   // The greeting was the proxy's own write, not relayed; every relayed byte is counted.
-  assert.deepEqual(result, { aToB: up.length, bToA: down.length });
+  assert.deepEqual(result, { aToB: up.length, bToA: down.length, reset: false });
   assert.equal(relay.active, 0);
 });
 
@@ -181,7 +181,7 @@ test('relays both directions at once', async () => {
   const atServer = await serverGot[0]!;
   assert.equal(atServer.sha, sha(up));
   assert.equal(got.sha, sha(down));
-  assert.deepEqual(result, { aToB: up.length, bToA: down.length });
+  assert.deepEqual(result, { aToB: up.length, bToA: down.length, reset: false });
 });
 
 async function established(relayer: Relayer, sp: ReturnType<typeof spliced>): Promise<{ client: net.Socket; server: net.Socket; h: Handed }> {
@@ -206,7 +206,7 @@ test('a reset on one side resets the other', async () => {
     const otherClosed = closedWith(other);
     (resetter === 'client' ? client : server).resetAndDestroy();
     assert.equal(await otherClosed, 'ECONNRESET', `${resetter} reset`);
-    assert.deepEqual(await h.done, { aToB: 4, bToA: 4 });
+    assert.deepEqual(await h.done, { aToB: 4, bToA: 4, reset: true });
   }
 });
 
@@ -216,7 +216,7 @@ test('cut() resets both sides at once', async () => {
   const clientClosed = closedWith(client);
   const serverClosed = closedWith(server);
   h.cut();
-  assert.deepEqual(await h.done, { aToB: 4, bToA: 4 });
+  assert.deepEqual(await h.done, { aToB: 4, bToA: 4, reset: true });
   assert.equal(await clientClosed, 'ECONNRESET');
   assert.equal(await serverClosed, 'ECONNRESET');
   h.cut(); // after the end: nothing
@@ -237,7 +237,7 @@ test('cut() before the daemon took the sockets resets both in Node', async () =>
   client.write('x');
   const second = await sp.next();
   assert.ok(cutAtOnce);
-  assert.deepEqual(await (cutAtOnce as Handed).done, { aToB: 0, bToA: 0 });
+  assert.deepEqual(await (cutAtOnce as Handed).done, { aToB: 0, bToA: 0, reset: true });
   await assert.rejects(second.done);
   assert.equal(await clientClosed, 'ECONNRESET');
 });
@@ -250,7 +250,7 @@ test('close() resets what is relayed, settles it, and refuses later handoffs', a
   const clientClosed = closedWith(client);
   const serverClosed = closedWith(server);
   await closing.close();
-  assert.deepEqual(await h.done, { aToB: 4, bToA: 4 });
+  assert.deepEqual(await h.done, { aToB: 4, bToA: 4, reset: true });
   assert.equal(await clientClosed, 'ECONNRESET');
   assert.equal(await serverClosed, 'ECONNRESET');
   const a = connect(serverPort);
@@ -282,6 +282,92 @@ test('200 concurrent connections all relay and end', async () => {
   const relayed = results.map((r) => { assert.equal(r.aToB, r.bToA); return r.aToB; }).sort((x, y) => x - y);
   assert.deepEqual(relayed, expected);
   assert.equal(relay.active, 0);
+});
+
+test('one way: the daemon relays server to client while Node keeps writing the other direction', async () => {
+  const down = randomBytes(48 * MiB);
+  let serverSocket: net.Socket | null = null;
+  const requests: string[] = [];
+  const serverPort = await listen((s) => {
+    serverSocket = s;
+    s.setEncoding('latin1');
+    // Each "request" line is answered with 16 MiB; EOF from the client ends the stream.
+    let buf = '';
+    let sent = 0;
+    s.on('data', (t: string) => {
+      buf += t;
+      for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+        requests.push(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        s.write(down.subarray(sent, sent + 16 * MiB));
+        sent += 16 * MiB;
+      }
+    });
+    s.on('end', () => s.end());
+  });
+  let handoff: Handed | null = null;
+  let upstreamOfProxy: net.Socket | null = null;
+  const port = await proxy(serverPort, (client, upstream) => {
+    upstreamOfProxy = upstream;
+    // Node passes the client's bytes on itself (the egress proxy checks each request there)...
+    client.on('data', (d: Buffer) => upstream.write(d));
+    client.on('end', () => upstream.end());
+    client.resume();
+    // ...and hands the server's direction over once it has seen some of it.
+    upstream.once('data', (first: Buffer) => {
+      client.write(first);
+      handoff = relay.handOffOneWay(upstream, client);
+    });
+  }, { sniff: true });
+  const client = connect(port);
+  const got = drain(client);
+  client.write('one\n');
+  await new Promise((r) => setTimeout(r, 50));
+  client.write('two\n');
+  await new Promise((r) => setTimeout(r, 50));
+  client.end('three\n'); // Node passes the EOF on; the server ends; the daemon passes that on
+  const result = await got;
+  assert.equal(result.error, null);
+  assert.equal(result.sha, sha(down));
+  assert.deepEqual(requests, ['one', 'two', 'three']);
+  const r = await (handoff as unknown as Handed).done;
+  assert.equal(r.reset, false);
+  assert.equal(r.bToA, 0);
+  assert.ok(r.aToB > 0 && r.aToB <= down.length, String(r.aToB));
+  // Node still holds its copies (the daemon's are closed): closing them is the caller's job.
+  assert.equal((upstreamOfProxy as unknown as net.Socket).destroyed, false);
+  (upstreamOfProxy as unknown as net.Socket).destroy();
+  assert.ok(serverSocket);
+});
+
+test('one way: a reset is reported, and cut() leaves Node\'s sockets to the caller', async () => {
+  const serverSide: net.Socket[] = [];
+  const serverPort = await listen((s) => { serverSide.push(s); s.on('data', () => s.write('x'.repeat(1000))); });
+  for (const how of ['server-reset', 'cut'] as const) {
+    let picked: { client: net.Socket; upstream: net.Socket; h: Handed } | null = null;
+    const port = await proxy(serverPort, (client, upstream) => {
+      client.on('data', (d: Buffer) => upstream.write(d));
+      client.resume();
+      picked = { client, upstream, h: relay.handOffOneWay(upstream, client) };
+    });
+    const client = connect(port);
+    const closed = closedWith(client);
+    client.write('go');
+    await once(client, 'data');
+    const { h, client: nodeClient, upstream } = picked as unknown as { client: net.Socket; upstream: net.Socket; h: Handed };
+    if (how === 'cut') {
+      h.cut();
+      // The caller still holds its copies: the client sees nothing until they go.
+      assert.equal((await h.done).reset, true);
+      assert.equal(client.destroyed, false);
+    } else {
+      serverSide.at(-1)!.resetAndDestroy();
+      assert.equal((await h.done).reset, true);
+    }
+    nodeClient.resetAndDestroy();
+    upstream.resetAndDestroy();
+    assert.equal(await closed, 'ECONNRESET', how);
+  }
 });
 
 test('a handoff that cannot happen rejects and destroys both sockets', async () => {
@@ -338,7 +424,7 @@ test('the daemon reports bad commands and keeps going', async () => {
       'ERR 9 not the socket named',
       'OK 10',
       'ERR 10 duplicate id',
-      'DONE 10 0 0',
+      'DONE 10 0 0 reset',
     ]);
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');

@@ -38,25 +38,34 @@ export function costOf(t: Omit<UsageTotals, 'cost'>, p: PriceSheet): number {
 
 /** usage_daily holds one row per (UTC day, sandbox): the daily rollup and the per-sandbox account at once. */
 export class UsageRepository {
-  constructor(private readonly db: Db) {}
+  // Prepared once: add() runs for every proxied connection that ends (the egress proxy's
+  // accounting), where parsing the SQL again cost as much as running it.
+  private readonly addStmt;
+  private readonly markStmt;
+  private readonly setMarkStmt;
 
-  add(day: string, sandbox: string, tenant: string, d: UsageDelta): void {
-    this.db.prepare(`INSERT INTO usage_daily (day, sandbox, tenant, cpu_seconds, memory_gib_seconds, disk_gib_hours, net_bytes_in, net_bytes_out)
+  constructor(private readonly db: Db) {
+    this.addStmt = db.prepare(`INSERT INTO usage_daily (day, sandbox, tenant, cpu_seconds, memory_gib_seconds, disk_gib_hours, net_bytes_in, net_bytes_out)
       VALUES (?, ?, ?, ?, ?, ?, ?, ?)
       ON CONFLICT (day, sandbox) DO UPDATE SET cpu_seconds = cpu_seconds + excluded.cpu_seconds,
         memory_gib_seconds = memory_gib_seconds + excluded.memory_gib_seconds, disk_gib_hours = disk_gib_hours + excluded.disk_gib_hours,
-        net_bytes_in = net_bytes_in + excluded.net_bytes_in, net_bytes_out = net_bytes_out + excluded.net_bytes_out`)
-      .run(day, sandbox, tenant, d.cpuSeconds, d.memoryGiBSeconds, d.diskGiBHours, d.netBytesIn, d.netBytesOut);
+        net_bytes_in = net_bytes_in + excluded.net_bytes_in, net_bytes_out = net_bytes_out + excluded.net_bytes_out`);
+    this.markStmt = db.prepare('SELECT cpu_seconds AS cpuSeconds, sampled_at AS sampledAt FROM usage_meter WHERE sandbox = ?');
+    this.setMarkStmt = db.prepare(`INSERT INTO usage_meter (sandbox, cpu_seconds, sampled_at) VALUES (?, ?, ?)
+      ON CONFLICT (sandbox) DO UPDATE SET cpu_seconds = excluded.cpu_seconds, sampled_at = excluded.sampled_at`);
+  }
+
+  add(day: string, sandbox: string, tenant: string, d: UsageDelta): void {
+    this.addStmt.run(day, sandbox, tenant, d.cpuSeconds, d.memoryGiBSeconds, d.diskGiBHours, d.netBytesIn, d.netBytesOut);
   }
 
   mark(sandbox: string): MeterMark | null {
-    const row = this.db.prepare('SELECT cpu_seconds AS cpuSeconds, sampled_at AS sampledAt FROM usage_meter WHERE sandbox = ?').get(sandbox) as MeterMark | undefined;
+    const row = this.markStmt.get(sandbox) as MeterMark | undefined;
     return row ?? null;
   }
 
   setMark(sandbox: string, m: MeterMark): void {
-    this.db.prepare(`INSERT INTO usage_meter (sandbox, cpu_seconds, sampled_at) VALUES (?, ?, ?)
-      ON CONFLICT (sandbox) DO UPDATE SET cpu_seconds = excluded.cpu_seconds, sampled_at = excluded.sampled_at`).run(sandbox, m.cpuSeconds, m.sampledAt);
+    this.setMarkStmt.run(sandbox, m.cpuSeconds, m.sampledAt);
   }
 
   dropMark(sandbox: string): void {

@@ -2,9 +2,8 @@ import net, { isIPv4 } from 'node:net';
 import type { Handoff, RelayResult } from './splice-relay.js';
 import { embeddedIPv4, type BlockedAddresses } from './blocked-addresses.js';
 import { normalizeName, type EgressPolicy, type NameVerdict } from './egress-policy.js';
-import {
-  parseAbsoluteTarget, parseAuthority, parseRequestHead, singleHeader, type RequestHead,
-} from './http-request-head.js';
+import { parseAbsoluteTarget, parseAuthority, parseRequestHead } from './http-request-head.js';
+import { hostOfRequest, originFormHead, RequestGuard, UpgradeAnswerWatch, type GuardResult } from './http-request-guard.js';
 import { looksLikeTls, MAX_CLIENT_HELLO_LENGTH, MAX_CLIENT_HELLO_RECORDS, parseClientHello } from './tls-client-hello.js';
 import type { EgressBroker } from './tls-terminate.js';
 
@@ -55,6 +54,8 @@ export interface EgressProxyOptions {
 
 export interface ConnectionRelay {
   handOff(a: net.Socket, b: net.Socket): Handoff;
+  /** One direction only, `from` to `to` (splice-relay.ts); Node keeps the sockets. */
+  handOffOneWay(from: net.Socket, to: net.Socket): Handoff;
 }
 
 export type ConnectMode = 'transparent' | 'explicit' | 'cidr';
@@ -91,6 +92,12 @@ interface Conn {
   brokered: 'tls' | 'http' | null;
   /** Sees every byte the client sends (placeholder watch); such a connection stays in Node. */
   inspect: ((chunk: Buffer) => void) | null;
+  /** Plaintext HTTP: every request the client sends is checked to name the allowed host. */
+  guard: RequestGuard | null;
+  /** A guarded connection's server-to-client direction, handed to the kernel relay (Node keeps the other). */
+  half: Handoff | null;
+  /** Bytes Node had written to the client when the half went to the relay. */
+  halfNodeBytesIn: number;
 }
 
 /** A decision not to connect: becomes the event and, in explicit mode, the HTTP answer. */
@@ -252,7 +259,7 @@ export class EgressProxy {
     const c: Conn = conn = {
       sandbox, client, upstream: null, dst, mode: explicit ? 'explicit' : 'transparent', state: 'sniffing',
       name: null, port: dst.port, address: null, startedAt: Date.now(), timer: null, clientClosed: false, upstreamClosed: false,
-      handoff: null, nodeBytes: null, replyBytes: 0, brokered: null, inspect: null,
+      handoff: null, nodeBytes: null, replyBytes: 0, brokered: null, inspect: null, guard: null, half: null, halfNodeBytesIn: 0,
     };
     this.sockets.add(client);
     client.on('close', () => {
@@ -302,7 +309,9 @@ export class EgressProxy {
       throw addressRefusal ?? new Refusal('refused', sniffed.reason, sniffed.detail ? { detail: sniffed.detail } : {});
     }
     const target = await this.decide(conn, sniffed.name, dst.port);
-    this.brokerOrWatch(conn, target, looksLikeTls(sniffed.data) ? 'tls' : 'http');
+    const proto = looksLikeTls(sniffed.data) ? 'tls' : 'http';
+    this.brokerOrWatch(conn, target, proto);
+    if (proto === 'http' && !conn.brokered) conn.guard = new RequestGuard({ name: target.name ?? target.address, mode: 'transparent' });
     return this.dial(conn, target, sniffed.data);
   }
 
@@ -326,7 +335,10 @@ export class EgressProxy {
     if (t.scheme !== 'http') throw new Refusal('refused', 'bad-request', { detail: 'use CONNECT for https' });
     const target = await this.decide(conn, t.host, t.port);
     this.brokerOrWatch(conn, target, 'http');
-    return this.dial(conn, target, Buffer.concat([originFormHead(head, t.path, t.authority), rest]));
+    if (conn.brokered) return this.dial(conn, target, Buffer.concat([originFormHead(head, t.path, t.authority), rest]));
+    // The guard rewrites this request to origin form and refuses any after it.
+    conn.guard = new RequestGuard({ name: target.name ?? target.address, mode: 'explicit' });
+    return this.dial(conn, target, sniffed.data);
   }
 
   // ---- learning the name ------------------------------------------------------------------
@@ -526,10 +538,127 @@ export class EgressProxy {
       if (head.length > 0) inspect(head);
       client.on('data', inspect);
     }
+    if (conn.guard) {
+      this.pipeGuarded(conn, upstream, conn.guard, head);
+      return;
+    }
     if (reply) client.write(reply);
     if (head.length > 0) upstream.write(head);
     conn.replyBytes = reply?.length ?? 0;
     this.pipeInNode(conn, upstream);
+  }
+
+  /**
+   * Plaintext HTTP: the client's bytes go through the guard, in Node, for the life of the
+   * connection (requests are small; a request naming another host cuts the connection). The
+   * server's bytes are piped by Node, and once RELAY_AFTER_BYTES came back, relayed by the
+   * kernel in that one direction, so a download runs at the relay's speed.
+   */
+  private pipeGuarded(conn: Conn, upstream: net.Socket, guard: RequestGuard, head: Buffer): void {
+    const { client } = conn;
+    let upgrade: UpgradeAnswerWatch | null = null;
+    /** Passes what the guard let through; false once the connection is cut. */
+    const forward = (r: GuardResult): boolean => {
+      if (conn.state !== 'open') return false;
+      for (const b of r.out) if (!upstream.write(b)) waitForDrain();
+      if (r.refusal) {
+        const { reason, detail, name } = r.refusal;
+        this.finish(conn, 'cut', { reason, ...(detail ? { detail } : {}), ...(name ? { requestedName: name.slice(0, 255) } : {}) }, 'reset');
+        return false;
+      }
+      if (guard.waitingForUpgrade && !upgrade) {
+        // Nothing more from the client until the server says whether it switched.
+        upgrade = new UpgradeAnswerWatch();
+        client.pause();
+      }
+      return true;
+    };
+    let draining = false;
+    const waitForDrain = (): void => {
+      client.pause();
+      if (draining) return;
+      draining = true;
+      upstream.once('drain', () => {
+        draining = false;
+        if (!upgrade) client.resume();
+      });
+    };
+    let clientEnded = false;
+    /** The client is done sending: so is the server's side, once what the guard holds went. */
+    const endUpstream = (): void => {
+      if (clientEnded && !upgrade && conn.state === 'open' && !upstream.writableEnded) upstream.end();
+    };
+    client.on('data', (chunk: Buffer) => { forward(guard.push(chunk)); });
+    client.on('end', () => {
+      clientEnded = true;
+      endUpstream();
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      if (upgrade) {
+        const switched = upgrade.feed(chunk);
+        if (switched !== null) {
+          upgrade = null;
+          if (!forward(guard.upgradeAnswered(switched))) return;
+          if (!draining) client.resume();
+          endUpstream();
+        }
+      }
+    });
+    upstream.pipe(client);
+    if (!forward(guard.push(head))) return;
+    if (client.readableEnded) { // half-closed while we were deciding
+      clientEnded = true;
+      endUpstream();
+    } else if (!upgrade && !draining) client.resume(); // paused since the sniff
+    if (!this.o.relay) return;
+    const watch = (): void => {
+      if (conn.state !== 'open' || conn.half || upgrade || upstream.bytesRead < RELAY_AFTER_BYTES) return;
+      upstream.off('data', watch);
+      if (upstream.readableEnded || client.writableEnded || client.destroyed || upstream.destroyed) return;
+      const relay = this.o.relay?.() ?? null;
+      if (!relay) return;
+      upstream.unpipe(client);
+      conn.halfNodeBytesIn = client.bytesWritten;
+      let h: Handoff;
+      try {
+        h = relay.handOffOneWay(upstream, client);
+      } catch {
+        upstream.pipe(client);
+        return;
+      }
+      conn.half = h;
+      h.done.then((r) => this.halfDone(conn, r), () => this.halfDone(conn, null));
+    };
+    upstream.on('data', watch);
+  }
+
+  /**
+   * The server's side of a guarded connection ended in the relay. A clean end: the client's
+   * side finishes in Node (its EOF passed on), then both are closed. A reset: both go now.
+   */
+  private halfDone(conn: Conn, r: RelayResult | null): void {
+    if (conn.state === 'done') return;
+    const { client } = conn;
+    const upstream = conn.upstream!;
+    const end = (): void => {
+      if (conn.state === 'done') return;
+      this.unregister(conn);
+      conn.state = 'done';
+      this.clearTimer(conn);
+      client.destroy();
+      upstream.destroy();
+      this.emitConnect(conn, 'allow', {}, { aToB: upstream.bytesWritten, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
+    };
+    if (r === null || r.reset) {
+      resetOrDestroy(client, true);
+      resetOrDestroy(upstream, true);
+      return end();
+    }
+    // Node's copy of the server socket is not read any more, so it never ends by itself.
+    if (upstream.writableFinished || upstream.destroyed) return end();
+    upstream.once('finish', end);
+    upstream.once('close', end);
+    if (client.readableEnded && !upstream.writableEnded) upstream.end();
   }
 
   /**
@@ -582,7 +711,8 @@ export class EgressProxy {
   // ---- ending ---------------------------------------------------------------------------------
 
   private onSocketClosed(conn: Conn): void {
-    if (conn.state === 'done' || conn.handoff) return;
+    // A half-relayed connection ends when the relay's direction does (halfDone).
+    if (conn.state === 'done' || conn.handoff || conn.half) return;
     if (conn.state !== 'open') {
       // The client went away before a decision: that ends the attempt.
       if (conn.clientClosed) this.refuse(conn, new Refusal('refused', 'client-closed'), false);
@@ -594,6 +724,8 @@ export class EgressProxy {
   }
 
   private destroyBoth(conn: Conn): void {
+    // The relay's copies would keep a half-relayed connection alive: they go too (halfDone follows).
+    conn.half?.cut();
     conn.client.destroy();
     conn.upstream?.destroy();
   }
@@ -631,6 +763,20 @@ export class EgressProxy {
       conn.state = 'done';
       h.cut();
       h.done.then((r) => this.emitConnect(conn, verdict, data, r), () => this.emitConnect(conn, verdict, data, null));
+      return;
+    }
+    if (conn.half) {
+      // The relay holds copies of both sockets: cut there, reset ours; the event waits for its count.
+      const h = conn.half;
+      const up = conn.upstream!;
+      this.unregister(conn);
+      conn.state = 'done';
+      this.clearTimer(conn);
+      h.cut();
+      resetOrDestroy(up, how !== 'destroy');
+      resetOrDestroy(conn.client, how !== 'destroy');
+      const bytes = (r: RelayResult | null): RelayResult => ({ aToB: up.bytesWritten, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
+      h.done.then((r) => this.emitConnect(conn, verdict, data, bytes(r)), () => this.emitConnect(conn, verdict, data, bytes(null)));
       return;
     }
     this.unregister(conn);
@@ -718,39 +864,10 @@ function examineHttp(data: Buffer, accept: 'any' | 'http'): Examined {
   if (r.status === 'incomplete') return { need: data.length + 1 };
   if (r.status === 'invalid') return { ok: false, reason: noName, detail: r.reason };
   if (accept === 'http') return { ok: true, data, name: '' };
+  // CONNECT means something only to a proxy: sent to an origin, it would ask that server to tunnel onwards.
+  if (r.head.method === 'CONNECT') return { ok: false, reason: 'bad-request', detail: 'CONNECT on a transparent connection' };
   const host = hostOfRequest(r.head);
   return 'reason' in host ? { ok: false, ...host } : { ok: true, data, name: host.name };
-}
-
-/** Where an origin server would route the request: an absolute-form target wins over Host (RFC 9112 §3.2.2). */
-function hostOfRequest(head: RequestHead): { name: string } | { reason: string; detail?: string } {
-  if (/^https?:\/\//i.test(head.target)) {
-    const t = parseAbsoluteTarget(head.target);
-    if (!t.ok) return t.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad absolute target' };
-    return { name: t.host };
-  }
-  const host = singleHeader(head, 'host');
-  if (host === null || host === '') return { reason: 'no-host' };
-  if (host === 'duplicate') return { reason: 'no-host', detail: 'several Host fields' };
-  const a = parseAuthority(host);
-  if (!a.ok) return a.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad Host' };
-  return { name: a.host };
-}
-
-const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'proxy-authorization', 'proxy-authenticate', 'te', 'trailer', 'upgrade']);
-
-/** An absolute-form proxy request rewritten for the origin server: one request, then close. */
-function originFormHead(head: RequestHead, path: string, authority: string): Buffer {
-  const named = new Set<string>();
-  for (const [n, v] of head.headers) if (n.toLowerCase() === 'connection') for (const t of v.split(',')) named.add(t.trim().toLowerCase());
-  const lines = [`${head.method} ${path} ${head.version}`, `Host: ${authority.toLowerCase()}`];
-  for (const [n, v] of head.headers) {
-    const lower = n.toLowerCase();
-    if (lower === 'host' || HOP_BY_HOP.has(lower) || named.has(lower)) continue;
-    lines.push(`${n}: ${v}`);
-  }
-  lines.push('Connection: close', '', '');
-  return Buffer.from(lines.join('\r\n'), 'latin1');
 }
 
 function explicitAnswer(conn: Conn, r: Refusal): string {

@@ -124,8 +124,12 @@ export interface SentRequest { method: string; version: string }
 export type HeadRewrite = { ok: true; head: Buffer } | { ok: false; refusal: HttpRefusal };
 
 export interface RequestRewriterOptions {
-  /** Rewrites one parsed request head (called once per request, in order). */
-  rewriteHead(head: RequestHead): HeadRewrite;
+  /**
+   * Rewrites one parsed request head (called once per request, in order); `raw` is the head as
+   * received. `hold`: stop after this request (its body included) and keep what follows until
+   * resume() or takeHeld().
+   */
+  rewriteHead(head: RequestHead, raw: Buffer): HeadRewrite & { hold?: boolean };
   /** Every body byte as it passes, for inspection only. */
   onBody?(chunk: Buffer): void;
 }
@@ -140,8 +144,23 @@ export class RequestRewriter {
   private buf: Buffer = Buffer.alloc(0);
   private body: { kind: 'length'; left: number } | { kind: 'chunked'; decoder: ChunkedDecoder } | null = null;
   private refused = false;
+  private held = false;
 
   constructor(private readonly o: RequestRewriterOptions) {}
+
+  /** Parses on after a `hold`. */
+  resume(): { out: Buffer[]; refusal?: HttpRefusal } {
+    this.held = false;
+    return this.push(Buffer.alloc(0));
+  }
+
+  /** Ends parsing after a `hold`: returns what arrived since, unparsed; nothing is parsed again. */
+  takeHeld(): Buffer {
+    const rest = this.buf;
+    this.buf = Buffer.alloc(0);
+    this.refused = true;
+    return rest;
+  }
 
   push(data: Buffer): { out: Buffer[]; refusal?: HttpRefusal } {
     const out: Buffer[] = [];
@@ -149,6 +168,10 @@ export class RequestRewriter {
     let input = this.buf.length ? Buffer.concat([this.buf, data]) : data;
     this.buf = Buffer.alloc(0);
     while (input.length > 0) {
+      if (this.held && this.body === null) {
+        this.buf = Buffer.from(input);
+        break;
+      }
       if (this.body?.kind === 'length') {
         const n = Math.min(this.body.left, input.length);
         const part = input.subarray(0, n);
@@ -177,8 +200,9 @@ export class RequestRewriter {
       const { head } = parsed;
       const framing = declaredFraming(head.headers);
       if (framing === null) return this.refuse(out, { status: 400, message: 'ambiguous request body framing (Transfer-Encoding / Content-Length)' });
-      const rewritten = this.o.rewriteHead(head);
+      const rewritten = this.o.rewriteHead(head, input.subarray(0, head.length));
       if (!rewritten.ok) return this.refuse(out, rewritten.refusal);
+      if (rewritten.hold) this.held = true;
       out.push(rewritten.head);
       this.sent.push({ method: head.method, version: head.version });
       if (framing.kind === 'length' && framing.length > 0) this.body = { kind: 'length', left: framing.length };

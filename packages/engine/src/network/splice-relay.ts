@@ -9,11 +9,17 @@ const noop = (): void => {};
  * takes its own copies of both sockets with pidfd_getfd(2) and splices bytes between them, so
  * they never cross into Node. Node copying them reached only ~0.3x of a direct path.
  *
- * Protocol (one ASCII line each): we write `ADD <id> <fdA> <fdB> <inoA> <inoB>` / `CUT <id>`; the daemon
- * answers `READY` once, then `OK <id>` / `ERR <id> <message>` / `DONE <id> <aToB> <bToA>`.
+ * Protocol (one ASCII line each): we write `ADD <id> <fdA> <fdB> <inoA> <inoB>` (both ways),
+ * `ADD1 …` (A to B only) or `CUT <id>`; the daemon answers `READY` once, then `OK <id>` /
+ * `ERR <id> <message>` / `DONE <id> <aToB> <bToA> end|reset`.
  */
 
-export interface RelayResult { aToB: number; bToA: number }
+export interface RelayResult {
+  aToB: number;
+  bToA: number;
+  /** The relay ended it with a reset (an error, or cut()) rather than a clean end of stream. */
+  reset?: boolean;
+}
 
 export interface Handoff {
   /** Settles when the connection is over; rejects only when the handoff itself failed (then both sockets are destroyed). */
@@ -82,6 +88,8 @@ interface Pending {
   id: string;
   a: net.Socket;
   b: net.Socket;
+  /** A to B only; Node keeps its sockets and the other direction. */
+  oneWay: boolean;
   stage: Stage;
   /** Bytes Node itself moved from one side's read buffer to the other's write. */
   moved: RelayResult;
@@ -168,12 +176,28 @@ export class SpliceRelay {
    * listeners first: the bytes moved here pass through read(), which emits them.
    */
   handOff(a: net.Socket, b: net.Socket): Handoff {
+    return this.start(a, b, false);
+  }
+
+  /**
+   * Hands over one direction only, `from` to `to`: what Node already read from `from` is
+   * written to `to` and flushed, Node stops reading `from`, and the daemon relays the rest,
+   * passing EOF on as shutdown(to, SHUT_WR). Node keeps both sockets and the other direction
+   * (it goes on reading `to` and writing `from`) and must not read `from` or write `to` again.
+   * `done` says how the direction ended; the caller closes its sockets (after a `reset`
+   * result or a cut(), destroying them resets the connection). A failed handoff resets both.
+   */
+  handOffOneWay(from: net.Socket, to: net.Socket): Handoff {
+    return this.start(from, to, true);
+  }
+
+  private start(a: net.Socket, b: net.Socket, oneWay: boolean): Handoff {
     const id = String(this.nextId++);
     let resolve!: (r: RelayResult) => void;
     let reject!: (e: Error) => void;
     const done = new Promise<RelayResult>((res, rej) => { resolve = res; reject = rej; });
     const p: Pending = {
-      id, a, b, stage: 'preparing', moved: { aToB: 0, bToA: 0 }, cutRequested: false, resolve, reject, detach: noop,
+      id, a, b, oneWay, stage: 'preparing', moved: { aToB: 0, bToA: 0 }, cutRequested: false, resolve, reject, detach: noop,
     };
     if (!this.alive || this.closing) {
       this.failHandoff(p, new Error('airlock-splice is not running'));
@@ -201,7 +225,9 @@ export class SpliceRelay {
   private async prepare(p: Pending): Promise<void> {
     const { a, b } = p;
     for (const s of [a, b]) {
-      if (s.destroyed || s.connecting || s.writableEnded || socketFd(s) < 0) throw new Error('socket is not connected and open');
+      // One way, `a` may have been shut for writing by Node (its direction is Node's).
+      const shut = p.oneWay && s === a ? false : s.writableEnded;
+      if (s.destroyed || s.connecting || shut || socketFd(s) < 0) throw new Error('socket is not connected and open');
       if (s.readableEncoding !== null) throw new Error('socket has an encoding set: its buffered bytes are not raw');
     }
     let failure: Error | null = null;
@@ -216,10 +242,13 @@ export class SpliceRelay {
     a.allowHalfOpen = true;
     b.allowHalfOpen = true;
     a.pause();
-    b.pause();
     p.moved.aToB = this.moveBuffered(a, b);
-    p.moved.bToA = this.moveBuffered(b, a);
-    await Promise.all([flushed(a), flushed(b)]);
+    if (!p.oneWay) {
+      b.pause();
+      p.moved.bToA = this.moveBuffered(b, a);
+    }
+    // One way: what Node wrote to `b` must be in the kernel before the daemon writes there.
+    await Promise.all(p.oneWay ? [flushed(b)] : [flushed(a), flushed(b)]);
     if (p.stage !== 'preparing') return; // cut meanwhile
     if (failure) throw failure;
     const fdA = socketFd(a);
@@ -230,7 +259,7 @@ export class SpliceRelay {
     if (inoA === null || inoB === null) throw new Error('descriptor is not a socket');
     if (!this.alive || this.closing) throw new Error('airlock-splice is not running');
     p.stage = 'adding';
-    this.child.stdin.write(`ADD ${p.id} ${fdA} ${fdB} ${inoA} ${inoB}\n`);
+    this.child.stdin.write(`${p.oneWay ? 'ADD1' : 'ADD'} ${p.id} ${fdA} ${fdB} ${inoA} ${inoB}\n`);
   }
 
   /** Writes what Node already read from `from` to `to`, then stops Node reading `from`. */
@@ -249,12 +278,14 @@ export class SpliceRelay {
     if (p.stage === 'settled' || p.cutRequested) return;
     p.cutRequested = true;
     if (p.stage === 'preparing') {
-      // Node still owns both sockets: reset them itself.
+      // Node still owns both sockets: reset them itself (one way: the caller does).
       p.detach();
       this.settle(p);
-      reset(p.a);
-      reset(p.b);
-      p.resolve({ ...p.moved });
+      if (!p.oneWay) {
+        reset(p.a);
+        reset(p.b);
+      }
+      p.resolve({ ...p.moved, reset: true });
       return;
     }
     // After ADD the daemon may hold the sockets; it handles CUT after the ADD, in order.
@@ -279,7 +310,8 @@ export class SpliceRelay {
       p.stage = 'relayed';
       p.detach();
       // Node's copies only: destroy() closes the descriptors, it sends no FIN or reset.
-      for (const s of [p.a, p.b]) { s.on('error', noop); s.destroy(); }
+      // One way, Node keeps them: it still uses the other direction.
+      if (!p.oneWay) for (const s of [p.a, p.b]) { s.on('error', noop); s.destroy(); }
     } else if (kind === 'ERR' && p.stage === 'adding') {
       this.failHandoff(p, new Error(`airlock-splice: ${rest.join(' ')}`));
     } else if (kind === 'DONE' && p.stage === 'relayed') {
@@ -289,6 +321,7 @@ export class SpliceRelay {
       p.resolve({
         aToB: p.moved.aToB + (Number.isSafeInteger(aToB) ? aToB : 0),
         bToA: p.moved.bToA + (Number.isSafeInteger(bToA) ? bToA : 0),
+        reset: rest[2] === 'reset',
       });
     }
   }
@@ -299,9 +332,10 @@ export class SpliceRelay {
     this.alive = false;
     for (const p of [...this.handoffs.values()]) {
       if (p.stage === 'relayed') {
-        // Those connections ended when the daemon's descriptors closed; what it had moved is unknown.
+        // Those connections ended when the daemon's descriptors closed (one way: that
+        // direction is dead); what it had moved is unknown.
         this.settle(p);
-        p.resolve({ ...p.moved });
+        p.resolve({ ...p.moved, reset: true });
       } else {
         this.failHandoff(p, new Error(reason));
       }
