@@ -685,11 +685,40 @@ describe('explicit proxy (CONNECT, absolute-form)', () => {
     sock.write(`CONNECT echo.test:${echo.port} HTTP/1.1\r\nHost: echo.test:${echo.port}\r\n\r\n`);
     const head = await readUntil(sock, '\r\n\r\n');
     assert.equal(head, 'HTTP/1.1 200 Connection Established\r\n\r\n');
-    const { data } = await exchange(sock, 'ping through tunnel');
-    assert.equal(data.toString(), 'ping through tunnel');
+    const request = `GET /through-tunnel HTTP/1.1\r\nHost: echo.test:${echo.port}\r\n\r\n`;
+    const { data } = await exchange(sock, request);
+    assert.equal(data.toString(), request);
     const e = await h.event();
     assert.deepEqual(pick(e, 'name', 'address', 'port', 'verdict', 'mode', 'bytesOut', 'bytesIn'),
-      { name: 'echo.test', address: '127.0.0.5', port: echo.port, verdict: 'allow', mode: 'explicit', bytesOut: 19, bytesIn: 19 });
+      { name: 'echo.test', address: '127.0.0.5', port: echo.port, verdict: 'allow', mode: 'explicit', bytesOut: request.length, bytesIn: request.length });
+  });
+
+  test('a CONNECT tunnel carries TLS for that name or HTTP requests for it, nothing else', async () => {
+    const tunnel = async (payload: Buffer | string, end = false): Promise<{ data: Buffer; event: Record<string, unknown>; upstreamGot: Buffer }> => {
+      h.events.length = 0;
+      const before = echo.connections;
+      const sock = await proxyClient();
+      sock.write(`CONNECT echo.test:${echo.port} HTTP/1.1\r\n\r\n`);
+      await readUntil(sock, '\r\n\r\n');
+      const { data } = await exchange(sock, payload, end);
+      const event = await h.event();
+      return { data, event, upstreamGot: echo.bytes(before) };
+    };
+    const good = await captureClientHello('echo.test');
+    const ok = await tunnel(good, true);
+    assert.deepEqual(ok.data, good, 'a ClientHello for the CONNECT name passes (echoed back)');
+    assert.equal(ok.event.verdict, 'allow');
+    // The same server, another name in the SNI: a name-routing front would reach that name.
+    for (const [payload, reason, requestedName] of [
+      [await captureClientHello('other.test'), 'sni-mismatch', 'other.test'],
+      ['GET / HTTP/1.1\r\nHost: other.test\r\n\r\n', 'host-changed', 'other.test'],
+      ['raw bytes, no name in them\r\n\r\n', 'no-host', undefined],
+    ] as const) {
+      const r = await tunnel(payload);
+      assert.equal(r.data.length, 0);
+      assert.deepEqual(pick(r.event, 'verdict', 'reason', 'requestedName'), { verdict: 'refused', reason, requestedName }, String(reason));
+      assert.equal(r.upstreamGot.length, 0, 'nothing reached the server');
+    }
   });
 
   test('CONNECT refused: 403 naming the reason; unreachable: 502; garbage: 400', async () => {

@@ -118,15 +118,25 @@ describe('allowlist a.test', () => {
       curl(`-x ${proxy} --cacert /work/ca.pem https://a.test/`),
       curl(`-x ${proxy} http://b.test/`),
       curl(`-x ${proxy} -k https://b.test/`),
+      // A tunnel to a.test carrying TLS or a request for b.test: a.test's front would route it there.
+      curl(`-p -x ${proxy} --connect-to b.test:443:a.test:443 --cacert /work/ca.pem https://b.test/`),
+      curl(`-p -x ${proxy} --connect-to b.test:80:a.test:80 http://b.test/`),
     ].join('; '));
     const lines = r.stdout.trim().split('\n');
     assert.equal(lines.filter((l) => /hello from 203\.0\.113\.10 host=a\.test/.test(l)).length, 2, r.stdout + r.stderr);
-    assert.equal(lines.filter((l) => /hello from 203\.0\.113\.11/.test(l)).length, 0, r.stdout);
+    assert.equal(lines.filter((l) => /hello from 203\.0\.113\.11|host=b\.test/.test(l)).length, 0, r.stdout);
+    assert.equal(lines.filter((l) => /^FAIL /.test(l)).length, 3, r.stdout); // https b.test (403 to the CONNECT) and both tunnels
     const explicit = await waitFor(() => {
       const e = netEvents(s.id, 'net.connect').filter((x) => x.data.mode === 'explicit');
       return e.filter((x) => x.data.verdict === 'allow' && x.data.name === 'a.test').length >= 2 ? e : undefined;
     }, 'explicit-mode events');
     assert.ok(explicit.some((e) => e.data.verdict === 'not-allowed' && e.data.name === 'b.test'));
+    const tunnelled = await waitFor(() => {
+      const e = netEvents(s.id, 'net.connect').filter((x) => x.data.mode === 'explicit' && x.data.verdict === 'refused');
+      return e.length >= 2 ? e : undefined;
+    }, 'refused tunnels');
+    assert.deepEqual(tunnelled.map((e) => [e.data.name, e.data.reason, e.data.requestedName]).sort(),
+      [['a.test', 'host-changed', 'b.test'], ['a.test', 'sni-mismatch', 'b.test']]);
   });
 
   test('b.test, raw IPs, IPv6, UDP and ICMP fail', async () => {

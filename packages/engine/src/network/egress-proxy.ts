@@ -542,10 +542,68 @@ export class EgressProxy {
       this.pipeGuarded(conn, upstream, conn.guard, head);
       return;
     }
+    if (reply && conn.name !== null) {
+      // CONNECT to a name: what the client sends through the tunnel is checked like a
+      // transparent connection's first bytes, or CONNECT a.test:443 + SNI b.test would reach
+      // b.test through a.test's front.
+      client.write(reply);
+      conn.replyBytes = reply.length;
+      this.checkTunnel(conn, upstream, conn.name, head);
+      return;
+    }
     if (reply) client.write(reply);
     if (head.length > 0) upstream.write(head);
     conn.replyBytes = reply?.length ?? 0;
     this.pipeInNode(conn, upstream);
+  }
+
+  /**
+   * The first bytes through a CONNECT tunnel to `name`: a TLS ClientHello whose SNI is that
+   * name, or an HTTP request for it (then guarded like any plaintext connection). Anything
+   * else is refused, as on a transparent connection with a name rule (raw protocols need an
+   * address rule). Nothing reaches the server before the decision.
+   */
+  private checkTunnel(conn: Conn, upstream: net.Socket, name: string, head: Buffer): void {
+    const { client } = conn;
+    const buf = new SniffBuffer();
+    if (head.length > 0) buf.push(head);
+    let need = 1;
+    let decided = false;
+    const refuse = (data: Record<string, unknown>): void => this.finish(conn, 'refused', data, 'reset');
+    const examine = (final: boolean): void => {
+      if (decided || conn.state !== 'open') return;
+      const data = buf.view();
+      if (data.length < need && !final) return;
+      const tls = looksLikeTls(data);
+      const r = tls ? examineTls(data) : examineHttp(data, 'any');
+      if ('need' in r) {
+        if (!final) { need = r.need; return; }
+        decided = true;
+        return refuse({ reason: tls ? 'no-sni' : 'no-host', detail: 'connection ended early' });
+      }
+      decided = true;
+      client.off('data', onData);
+      client.off('end', onEnd);
+      this.clearTimer(conn);
+      if (!r.ok) return refuse({ reason: r.reason, ...(r.detail ? { detail: r.detail } : {}) });
+      const seen = validHostName(r.name) ?? r.name;
+      if (seen !== name) return refuse({ reason: tls ? 'sni-mismatch' : 'host-changed', requestedName: seen.slice(0, 255) });
+      client.pause();
+      if (!tls) {
+        conn.guard = new RequestGuard({ name, mode: 'transparent' });
+        this.pipeGuarded(conn, upstream, conn.guard, data);
+        return;
+      }
+      upstream.write(data);
+      this.pipeInNode(conn, upstream);
+    };
+    const onData = (chunk: Buffer): void => { buf.push(chunk); examine(false); };
+    const onEnd = (): void => examine(true);
+    client.on('data', onData);
+    client.on('end', onEnd);
+    conn.timer = setTimeout(() => { if (!decided) { decided = true; refuse({ reason: 'sniff-timeout' }); } }, this.sniffTimeoutMs);
+    examine(false);
+    if (!decided) client.resume();
   }
 
   /**
