@@ -426,6 +426,14 @@ describe('policy changes', () => {
     const bytesIn = ev.data.bytesIn as number;
     assert.ok(bytesIn > size && bytesIn < size + 4096, `bytesIn ${bytesIn} for a ${size}-byte body`);
     assert.ok((ev.data.bytesOut as number) > 50 && (ev.data.bytesOut as number) < 1024);
+    // The same through a CONNECT tunnel: HTTP inside is guarded, the download relayed one way.
+    const proxy = "http://$(awk '/nameserver/ {print $2}' /etc/resolv.conf):3128";
+    const t = await sh(s.id, `curl -sS -p -x ${proxy} http://big.test/bytes/${size} | wc -c`);
+    assert.equal(t.stdout.trim(), String(size), t.stderr);
+    const tev = await waitFor(() => netEvents(s.id, 'net.connect').find((e) => e.data.verdict === 'allow' && e.data.mode === 'explicit'), 'the tunnel event');
+    const tin = tev.data.bytesIn as number;
+    assert.ok(tin > size && tin < size + 4096, `bytesIn ${tin} through the tunnel`);
+    assert.ok((tev.data.bytesOut as number) > 50 && (tev.data.bytesOut as number) < 1024);
     await engine.killSandbox(admin, s.id);
   });
 

@@ -676,7 +676,7 @@ export class EgressProxy {
       const relay = this.o.relay?.() ?? null;
       if (!relay) return;
       upstream.unpipe(client);
-      conn.halfNodeBytesIn = client.bytesWritten;
+      conn.halfNodeBytesIn = client.bytesWritten - conn.replyBytes; // a CONNECT reply is the proxy's, not the server's
       let h: Handoff;
       try {
         h = relay.handOffOneWay(upstream, client);
