@@ -1007,6 +1007,12 @@ describe('plaintext HTTP: every request on a connection names the allowed host',
     await readUntil(late, 'Host: a.test');
     await exchange(late, 'GET /ws HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n\r\n', false);
     assert.deepEqual(pick(await cutEvent(), 'reason', 'detail'), { reason: 'bad-request', detail: 'Upgrade after the first request' });
+
+    // h2c would carry HTTP/2 requests naming any host: refused, the server never answers it.
+    h.events.length = 0;
+    const h2c = await exchange(await open(switching.port), 'GET / HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n', false);
+    assert.equal(h2c.data.length, 0);
+    assert.deepEqual(pick(await cutEvent(), 'reason', 'detail'), { reason: 'bad-request', detail: 'only WebSocket upgrades are relayed (Upgrade: h2c)' });
   });
 });
 

@@ -31,6 +31,8 @@ describe('RequestGuard (transparent)', () => {
       ['GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n', { reason: 'ipv6' }],
       ['POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n', { reason: 'bad-request' }],
       ['\r\nGET / HTTP/1.1\r\nHost: b.test\r\n\r\n', { reason: 'bad-request' }],
+      // HTTP/1.0 has no chunked coding: a server that ignores it would read the body as a request.
+      ['POST / HTTP/1.0\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n', { reason: 'bad-request' }],
     ];
     for (const [request, expected] of cases) {
       const g = new RequestGuard({ name: 'a.test', mode: 'transparent' });
@@ -40,6 +42,23 @@ describe('RequestGuard (transparent)', () => {
       for (const [k, v] of Object.entries(expected)) assert.equal((first.refusal as unknown as Record<string, unknown>)[k], v, `${request}: ${k}`);
       assert.deepEqual(g.push(Buffer.from('GET / HTTP/1.1\r\nHost: a.test\r\n\r\n')).out, [], 'nothing passes after a refusal');
     }
+  });
+
+  test('only WebSocket upgrades: h2c and TLS upgrades would let later requests name other hosts', () => {
+    for (const [upgrade, detail] of [
+      ['Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings', 'only WebSocket upgrades are relayed (Upgrade: h2c)'],
+      ['Upgrade: TLS/1.2\r\nConnection: Upgrade', 'only WebSocket upgrades are relayed (Upgrade: TLS/1.2)'],
+      ['Upgrade: websocket, h2c', 'only WebSocket upgrades are relayed (Upgrade: websocket, h2c)'],
+      ['Upgrade: websocket\r\nUpgrade: h2c', 'only WebSocket upgrades are relayed (Upgrade: several fields)'],
+    ] as const) {
+      const g = new RequestGuard({ name: 'a.test', mode: 'transparent' });
+      const r = g.push(Buffer.from(`GET / HTTP/1.1\r\nHost: a.test\r\n${upgrade}\r\n\r\n`, 'latin1'));
+      assert.deepEqual(r.out, [], upgrade);
+      assert.deepEqual(r.refusal, { reason: 'bad-request', detail }, upgrade);
+    }
+    const ws = new RequestGuard({ name: 'a.test', mode: 'transparent' });
+    assert.equal(ws.push(Buffer.from('GET / HTTP/1.1\r\nHost: a.test\r\nUpgrade: WebSocket\r\n\r\n')).refusal, undefined, 'the token is case-insensitive');
+    assert.equal(ws.waitingForUpgrade, true);
   });
 
   test('Upgrade holds what follows until the answer: 101 tunnels it, anything else parses it', () => {

@@ -8,9 +8,9 @@
  * allowed host. What cannot be checked is refused.
  *
  *   transparent  origin-form requests whose Host is the allowed name (absolute-form too, when
- *                it names the same host as Host); no CONNECT. A protocol switch (Upgrade) is
- *                allowed on the first request only: the bytes after it wait until the server
- *                answers; 101 makes the rest an opaque tunnel, anything else more requests.
+ *                it names the same host as Host); no CONNECT. A protocol switch is allowed to
+ *                WebSocket only, on the first request only: the bytes after it wait until the
+ *                server answers; 101 makes the rest an opaque tunnel, anything else more requests.
  *   explicit     a proxy client's absolute-form request, rewritten to origin form with
  *                Connection: close; the server answers it and closes, so one request per
  *                connection, and a further request head is refused.
@@ -136,9 +136,16 @@ export class RequestGuard {
     const host = hostOfRequest(head);
     if ('reason' in host) return refuse(host);
     if (host.name !== this.o.name) return refuse({ reason: 'host-changed', name: host.name });
-    if (singleHeader(head, 'upgrade') !== null) {
+    const upgrade = singleHeader(head, 'upgrade');
+    if (upgrade !== null) {
       // Only the first request's answer is surely the first response the proxy sees.
       if (n > 0) return refuse({ reason: 'bad-request', detail: 'Upgrade after the first request' });
+      // After a switch the bytes pass unchecked. A WebSocket stays with the server that took the
+      // upgrade; h2c carries requests that each name a host (:authority), and a TLS upgrade
+      // (RFC 2817) a new SNI, so either would reopen the host switch this guard exists to stop.
+      if (upgrade === 'duplicate' || upgrade.toLowerCase() !== 'websocket') {
+        return refuse({ reason: 'bad-request', detail: `only WebSocket upgrades are relayed (Upgrade: ${upgrade === 'duplicate' ? 'several fields' : upgrade})` });
+      }
       this.state = 'upgrade-wait';
       return { ok: true, head: raw, hold: true };
     }

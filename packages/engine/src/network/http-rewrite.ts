@@ -94,10 +94,13 @@ function values(headers: Array<[string, string]>, name: string): string[] {
 type BodyFraming = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
 
 /** Transfer-Encoding / Content-Length of a message, strictly: null when they are ambiguous. */
-function declaredFraming(headers: Array<[string, string]>): BodyFraming | null {
+function declaredFraming(headers: Array<[string, string]>, version?: string): BodyFraming | null {
   const te = values(headers, 'transfer-encoding');
   const cl = values(headers, 'content-length');
   if (te.length > 0) {
+    // HTTP/1.0 has no chunked coding: servers differ on whether they honour it (RFC 9112 §6.1
+    // calls the framing faulty), and one that does not reads the body as the next request.
+    if (version === 'HTTP/1.0') return null;
     // Both, or a coding other than exactly one "chunked": request smuggling territory.
     if (cl.length > 0 || te.length !== 1 || te[0]!.toLowerCase() !== 'chunked') return null;
     return { kind: 'chunked' };
@@ -198,7 +201,7 @@ export class RequestRewriter {
       }
       if (parsed.status === 'invalid') return this.refuse(out, { status: 400, message: parsed.reason });
       const { head } = parsed;
-      const framing = declaredFraming(head.headers);
+      const framing = declaredFraming(head.headers, head.version);
       if (framing === null) return this.refuse(out, { status: 400, message: 'ambiguous request body framing (Transfer-Encoding / Content-Length)' });
       const rewritten = this.o.rewriteHead(head, input.subarray(0, head.length));
       if (!rewritten.ok) return this.refuse(out, rewritten.refusal);
