@@ -26,7 +26,10 @@ describe('RequestGuard (transparent)', () => {
       ['GET / HTTP/1.1\r\n\r\n', { reason: 'no-host' }],
       ['GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n', { reason: 'no-host', detail: 'several Host fields' }],
       ['GET http://b.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n', { reason: 'host-mismatch', detail: 'target b.test, Host a.test' }],
-      ['GET http://b.test/ HTTP/1.1\r\n\r\n', { reason: 'host-changed', name: 'b.test' }],
+      ['GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n', { reason: 'host-changed', name: 'b.test' }],
+      // A server routing by Host alone would send these to its default site.
+      ['GET http://a.test/ HTTP/1.1\r\n\r\n', { reason: 'no-host' }],
+      ['GET http://a.test/ HTTP/1.0\r\nHost: \r\n\r\n', { reason: 'no-host' }],
       ['CONNECT b.test:443 HTTP/1.1\r\nHost: a.test\r\n\r\n', { reason: 'bad-request', detail: 'CONNECT on a transparent connection' }],
       ['GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n', { reason: 'ipv6' }],
       ['POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n', { reason: 'bad-request' }],

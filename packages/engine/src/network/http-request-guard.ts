@@ -34,25 +34,26 @@ export interface RequestGuardOptions {
   mode: 'transparent' | 'explicit';
 }
 
-/** Where an origin server routes the request: an absolute-form target wins over Host (RFC 9112 §3.2.2). */
+/**
+ * Where an origin server routes the request. RFC 9112 §3.2.2 lets an absolute-form target win
+ * over Host, but servers that route by Host alone exist, and one given no Host (or an empty one)
+ * picks its default site, which may be another host altogether. So Host must be there and name
+ * the host; an absolute-form target must name the same one.
+ */
 export function hostOfRequest(head: RequestHead): { name: string } | { reason: string; detail?: string } {
   const host = singleHeader(head, 'host');
   if (host === 'duplicate') return { reason: 'no-host', detail: 'several Host fields' };
-  let fromHost: string | null = null;
-  if (host !== null && host !== '') {
-    const a = parseAuthority(host);
-    if (!a.ok) return a.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad Host' };
-    fromHost = normalizeName(a.host);
-  }
+  if (host === null || host === '') return { reason: 'no-host' };
+  const a = parseAuthority(host);
+  if (!a.ok) return a.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad Host' };
+  const fromHost = normalizeName(a.host);
   if (/^https?:\/\//i.test(head.target)) {
     const t = parseAbsoluteTarget(head.target);
     if (!t.ok) return t.reason === 'ipv6' ? { reason: 'ipv6' } : { reason: 'no-host', detail: 'bad absolute target' };
     // Servers disagree on which one wins; a request naming two hosts is refused outright.
     const target = normalizeName(t.host);
-    if (fromHost !== null && fromHost !== target) return { reason: 'host-mismatch', detail: `target ${target}, Host ${fromHost}` };
-    return { name: target };
+    if (fromHost !== target) return { reason: 'host-mismatch', detail: `target ${target}, Host ${fromHost}` };
   }
-  if (fromHost === null) return { reason: 'no-host' };
   return { name: fromHost };
 }
 
