@@ -15,14 +15,21 @@
  *                                                     one way only, A -> B: Node keeps its own
  *                                                     descriptors and the other direction (it reads
  *                                                     B and writes A itself, e.g. to check requests)
+ *                              ADDN <id> <fdA> <fdB> <inoA> <inoB> <count>
+ *                                                     one way, A -> B, exactly count bytes (say, an
+ *                                                     HTTP body of known length), then the sockets
+ *                                                     are Node's alone again: nothing past the count
+ *                                                     is read, and nothing is shut down
  *                              CUT <id>               end that connection now, with a reset
  * stdout, one event a line:    READY                  once, at start: pidfd_getfd works
  *                              OK <id>                we hold our own duplicates (ADD: Node may close its)
  *                              ERR <id> <message>     a command failed (id "-" if it had none)
- *                              DONE <id> <aToB> <bToA> end|reset
+ *                              DONE <id> <aToB> <bToA> end|reset|limit|eof
  *                                                     the connection (ADD1: its one direction) is over;
  *                                                     bytes delivered; "reset": it broke or was cut,
- *                                                     and the sockets reset when their last copy closes
+ *                                                     and the sockets reset when their last copy closes;
+ *                                                     ADDN: "limit" (count reached) or "eof" (A ended
+ *                                                     first; the EOF is left for Node to read)
  * When stdin closes, every connection still relayed is reset and reported DONE, and we exit 0.
  *
  * Relay: edge-triggered epoll, one pipe per direction, socket -> pipe -> socket. A direction
@@ -83,7 +90,10 @@
 #define SHORT_RTT_US 2000
 #define BIG_SOCKETS 64
 
-enum end_kind { END_NORMAL, END_RESET };
+/* How a connection ended: both ways over (end); an error or CUT (reset); ADDN only: the count
+ * was relayed (limit), or the source ended first (eof; not passed on: the socket is Node's again). */
+enum end_kind { END_NORMAL, END_RESET, END_LIMIT, END_EOF };
+static const char *const END_WORDS[] = { "end", "reset", "limit", "eof" };
 
 struct dir {
     int pipe_r, pipe_w;
@@ -103,6 +113,7 @@ struct conn {
     struct dir dir[2]; /* dir[0]: fd[0] -> fd[1]; dir[1]: fd[1] -> fd[0] */
     bool big[2];       /* fd[s] holds one of the BIG_SOCKETS big receive buffers */
     bool oneway;       /* ADD1: only dir[0]; dir[1] is Node's, and counts as shut from the start */
+    uint64_t limit;    /* ADDN: dir[0] moves exactly this many bytes, then the sockets are Node's again (0: no limit) */
     bool dead;
     bool in_ready;
     struct conn *hash_next;
@@ -192,7 +203,7 @@ static void finish(struct conn *c, enum end_kind how) {
     unhash(c);
     nconns--;
     emit("DONE %llu %llu %llu %s", (unsigned long long)c->id, (unsigned long long)c->dir[0].bytes,
-         (unsigned long long)c->dir[1].bytes, how == END_RESET ? "reset" : "end");
+         (unsigned long long)c->dir[1].bytes, END_WORDS[how]);
     if (!c->in_ready) {
         c->dead_next = dead_head;
         dead_head = c;
@@ -200,15 +211,20 @@ static void finish(struct conn *c, enum end_kind how) {
 }
 
 /* Moves what direction d can move now. Returns -errno on a connection error, 1 when it stopped
- * with work left (its turn ran out), else 0: it waits for an epoll edge on one of its sockets. */
+ * with work left (its turn ran out), PUMP_LIMIT / PUMP_EOF when an ADDN connection is over,
+ * else 0: it waits for an epoll edge on one of its sockets. */
+#define PUMP_LIMIT 2
+#define PUMP_EOF 3
 static int pump(struct conn *c, int d) {
     struct dir *p = &c->dir[d];
     int src = c->fd[d], dst = c->fd[!d];
     for (int round = 0; round < PUMP_ROUNDS; round++) {
         bool progress = false;
-        if (!p->eof && p->queued < p->cap) {
-            ssize_t n = splice(src, NULL, p->pipe_w, NULL, p->cap - p->queued,
-                               SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+        /* ADDN: never read past the count; what follows it is Node's to parse. */
+        size_t room = p->cap - p->queued;
+        if (c->limit && c->limit - (p->bytes + p->queued) < room) room = (size_t)(c->limit - (p->bytes + p->queued));
+        if (!p->eof && room > 0) {
+            ssize_t n = splice(src, NULL, p->pipe_w, NULL, room, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
             if (n > 0) { p->queued += (size_t)n; progress = true; }
             else if (n == 0) { p->eof = true; progress = true; }
             else if (errno == EINTR) progress = true;
@@ -223,8 +239,10 @@ static int pump(struct conn *c, int d) {
             /* EAGAIN: the destination is full; EPOLLOUT on it brings us back. */
             else if (n < 0 && errno != EAGAIN) return -errno;
         }
+        if (c->limit && p->bytes == c->limit) return PUMP_LIMIT;
         if (!progress) {
             p->blocked = p->queued > 0; /* then the write, tried last, met EAGAIN */
+            if (c->limit && p->eof && p->queued == 0) return PUMP_EOF;
             if (p->eof && p->queued == 0 && !p->shut) {
                 if (shutdown(dst, SHUT_WR) != 0 && errno != ENOTCONN) return -errno;
                 p->shut = true;
@@ -326,14 +344,15 @@ static int make_pipe(struct dir *p, struct failure *f) {
     return 0;
 }
 
-static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], const uint64_t ino[2], bool oneway) {
+static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], const uint64_t ino[2], bool oneway, uint64_t limit) {
     if (lookup(id)) { emit_err(idtext, "duplicate id", 0); return; }
     if (nconns >= MAX_CONNS) { emit_err(idtext, "too many connections", 0); return; }
     if (node_fd[0] == node_fd[1]) { emit_err(idtext, "the same descriptor twice", 0); return; }
     struct conn *c = calloc(1, sizeof *c);
     if (!c) { emit_err(idtext, "out of memory", 0); return; }
     c->id = id;
-    c->oneway = oneway;
+    c->oneway = oneway || limit > 0;
+    c->limit = limit;
     c->fd[0] = c->fd[1] = -1;
     for (int d = 0; d < 2; d++) c->dir[d].pipe_r = c->dir[d].pipe_w = -1;
     struct failure f = { NULL, 0 };
@@ -343,9 +362,9 @@ static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], cons
         fail(&f, "the same socket twice", 0);
         ok = false;
     }
-    ok = ok && make_pipe(&c->dir[0], &f) == 0 && (oneway || make_pipe(&c->dir[1], &f) == 0);
+    ok = ok && make_pipe(&c->dir[0], &f) == 0 && (c->oneway || make_pipe(&c->dir[1], &f) == 0);
     /* One way: B -> A is Node's. Never read B here, and never shut A's write side. */
-    if (oneway) c->dir[1].eof = c->dir[1].shut = true;
+    if (c->oneway) c->dir[1].eof = c->dir[1].shut = true;
     for (int s = 0; s < 2 && ok; s++) {
         struct epoll_event ev = {
             .events = EPOLLET, /* the first pumps (below) say what to wait for */
@@ -372,11 +391,13 @@ static void add_conn(const char *idtext, uint64_t id, const int node_fd[2], cons
     c->hash_next = *b;
     *b = c;
     nconns++;
-    size_buffers(c);
+    /* Not for a counted loan: the socket goes back to Node, and a buffer locked for it would
+     * outlive the budget (BIG_SOCKETS) that bounds what stalled connections can pin. */
+    if (!c->limit) size_buffers(c);
     emit("OK %s", idtext);
     /* Data may be waiting already; pump without waiting for the first edge. */
     mark_ready(c, 0);
-    if (!oneway) mark_ready(c, 1);
+    if (!c->oneway) mark_ready(c, 1);
 }
 
 /* Strict unsigned decimal: 1..digits characters, no sign, no leading zero, at most max. */
@@ -406,17 +427,24 @@ static void command(char *line) {
     bool has_id = n >= 2 && parse_uint(tok[1], UINT64_MAX, &id);
     const char *idtext = has_id ? tok[1] : "-";
     bool add = n > 0 && strcmp(tok[0], "ADD") == 0, add1 = n > 0 && strcmp(tok[0], "ADD1") == 0;
-    if ((n == 4 || n == 6) && has_id && (add || add1)) {
+    bool addn = n == 7 && strcmp(tok[0], "ADDN") == 0;
+    uint64_t limit = 0;
+    if (addn && has_id && !parse_uint(tok[6], UINT64_MAX, &limit)) limit = 0;
+    if (addn && has_id && limit == 0) {
+        emit_err(idtext, "bad count", 0);
+        return;
+    }
+    if ((((n == 4 || n == 6) && (add || add1)) || addn) && has_id) {
         if (!parse_uint(tok[2], INT_MAX, &fd[0]) || !parse_uint(tok[3], INT_MAX, &fd[1])) {
             emit_err(idtext, "bad descriptor", 0);
             return;
         }
-        if (n == 6 && (!parse_uint(tok[4], UINT64_MAX, &ino[0]) || !parse_uint(tok[5], UINT64_MAX, &ino[1])
+        if (n >= 6 && (!parse_uint(tok[4], UINT64_MAX, &ino[0]) || !parse_uint(tok[5], UINT64_MAX, &ino[1])
                        || ino[0] == 0 || ino[1] == 0)) {
             emit_err(idtext, "bad inode", 0);
             return;
         }
-        add_conn(idtext, id, (const int[2]){ (int)fd[0], (int)fd[1] }, ino, add1);
+        add_conn(idtext, id, (const int[2]){ (int)fd[0], (int)fd[1] }, ino, add1, limit);
     } else if (n == 2 && has_id && strcmp(tok[0], "CUT") == 0) {
         struct conn *c = lookup(id);
         if (!c) emit_err(idtext, "unknown id", 0);
@@ -488,6 +516,8 @@ static void run_ready(void) {
             c->dir[d].ready = false;
             int r = pump(c, d);
             if (r < 0) finish(c, END_RESET);
+            else if (r == PUMP_LIMIT) finish(c, END_LIMIT);
+            else if (r == PUMP_EOF) finish(c, END_EOF);
             else if (r > 0) mark_ready(c, d);
         }
         if (c->dead) continue;

@@ -10,13 +10,18 @@
 //               (this kind of host's configured default) paces every burst with a timer, which
 //               on a local veth costs the server CPU that the proxied path, doing more work per
 //               byte, has less of to spare on a small machine.
+//   upload:     the same 200 MiB sent up (curl -T, plain HTTP, Content-Length) to the same server,
+//               direct vs sandbox; no target, reported because the request guard reads plaintext
+//               requests in Node and lends their bodies to the kernel relay. --no-upload skips it.
 //   connect:    time from connect() to the first response byte of a tiny HTTP request on a new
 //               connection, python in the sandbox through the proxy vs python on the host
 //               direct. Target: p50 added ≤ 1 ms.
 //
-//   node bench/net-egress.mjs [--mib 200] [--rounds 9] [--connects 300] [--server-cc cubic,bbr] [--json]
+//   node bench/net-egress.mjs [--mib 200] [--rounds 9] [--connects 300] [--server-cc cubic,bbr] [--no-upload] [--json]
 import { execFileSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Engine } from '../packages/engine/dist/src/engine.js';
 import { startTestInternet } from '../packages/engine/dist/test/net-fixture.js';
 import { tempDataDir } from '../packages/engine/dist/test/support.js';
@@ -31,6 +36,7 @@ const MIB = opt('--mib', 200);
 const ROUNDS = opt('--rounds', 9);
 const CONNECTS = opt('--connects', 300);
 const JSON_OUT = args.includes('--json');
+const UPLOAD = !args.includes('--no-upload');
 const SERVER_CCS = (() => {
   const i = args.indexOf('--server-cc');
   return (i >= 0 ? args[i + 1] : 'cubic,bbr').split(',').filter(Boolean);
@@ -91,6 +97,30 @@ async function main() {
       };
     }
 
+    // Upload: the same file both ways, from a file so curl sends a Content-Length.
+    let upload = null;
+    if (UPLOAD) {
+      const dir = mkdtempSync(join(tmpdir(), 'airlock-bench-up-'));
+      try {
+        const hostFile = join(dir, 'up.bin');
+        writeFileSync(hostFile, Buffer.alloc(MIB * 1024 * 1024, 0x61));
+        const mk = await engine.exec(admin, sbx.id, { cmd: ['sh', '-c', `head -c ${MIB * 1024 * 1024} /dev/zero > /tmp/up.bin`], timeoutSeconds: 120 });
+        if (mk.exitCode !== 0) throw new Error(`sandbox file: ${mk.stderr}`);
+        const up = (file) => ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--resolve', `big.test:80:${net.records['big.test']}`, '-T', file, '-X', 'POST', 'http://big.test/upload'];
+        const direct = [];
+        const proxied = [];
+        for (let i = 0; i < ROUNDS; i++) {
+          direct.push(curlSeconds(up(hostFile)));
+          const r = await engine.exec(admin, sbx.id, { cmd: up('/tmp/up.bin'), timeoutSeconds: 300 });
+          if (r.exitCode !== 0) throw new Error(`sandbox upload failed: ${r.stderr}`);
+          proxied.push(Number(r.stdout.trim()));
+        }
+        upload = { directMiBps: mibps(median(direct)), proxiedMiBps: mibps(median(proxied)), ratio: median(direct) / median(proxied) };
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+
     // Connect latency: same probe, host direct vs sandbox through the proxy.
     const hostRun = JSON.parse(execFileSync('python3', ['-c', CONNECT_PROBE, net.records['a.test'], 'a.test', String(CONNECTS)], { encoding: 'utf8' }));
     const r = await engine.exec(admin, sbx.id, { cmd: ['python3', '-c', CONNECT_PROBE, net.records['a.test'], 'a.test', String(CONNECTS)], timeoutSeconds: 300 });
@@ -100,7 +130,7 @@ async function main() {
     const p = stats(sbxRun);
     const connect = { directP50Ms: d.p50, proxiedP50Ms: p.p50, addedP50Ms: p.p50 - d.p50, directP90Ms: d.p90, proxiedP90Ms: p.p90 };
 
-    const result = { mib: MIB, rounds: ROUNDS, connects: CONNECTS, throughput, connect };
+    const result = { mib: MIB, rounds: ROUNDS, connects: CONNECTS, throughput, upload, connect };
     if (JSON_OUT) {
       process.stdout.write(`${JSON.stringify(result)}\n`);
     } else {
@@ -109,6 +139,12 @@ async function main() {
         console.log(`  direct veth (no Airlock)  ${t.directMiBps.toFixed(0)} MiB/s   runs: ${t.directRuns.map((x) => x.toFixed(0)).join(', ')}`);
         console.log(`  sandbox via egress proxy  ${t.proxiedMiBps.toFixed(0)} MiB/s   runs: ${t.proxiedRuns.map((x) => x.toFixed(0)).join(', ')}`);
         console.log(`  ratio proxied/direct      ${t.ratio.toFixed(2)}x   (target >= 0.70x)`);
+      }
+      if (upload) {
+        console.log(`upload ${MIB} MiB (plain HTTP, Content-Length), median of ${ROUNDS} alternating runs, no target:`);
+        console.log(`  direct veth (no Airlock)  ${upload.directMiBps.toFixed(0)} MiB/s`);
+        console.log(`  sandbox via egress proxy  ${upload.proxiedMiBps.toFixed(0)} MiB/s`);
+        console.log(`  ratio proxied/direct      ${upload.ratio.toFixed(2)}x`);
       }
       console.log(`connect → first byte, ${CONNECTS} new connections each:`);
       console.log(`  direct   p50 ${d.p50.toFixed(3)} ms  p90 ${d.p90.toFixed(3)} ms`);

@@ -10,6 +10,7 @@
  *           written synchronously on Linux, so order holds). When stdin closes (the parent
  *           exited or died) this program exits: no server outlives its test.
  */
+import { createHash } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
@@ -151,6 +152,15 @@ function handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     res.end(`${JSON.stringify(req.headers)}\n`);
   } else if (path === '/echo') {
     echo(req, res);
+  } else if (path === '/upload') {
+    // A body of any size, hashed as it arrives: "<bytes> <sha256> host=<Host>".
+    const hash = createHash('sha256');
+    let size = 0;
+    req.on('data', (d: Buffer) => { size += d.length; hash.update(d); });
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(`${size} ${hash.digest('hex')} host=${req.headers.host ?? ''}\n`);
+    });
   } else if (path === '/echo-log') {
     // What /echo received, as it arrived (the secret broker's tests read it from the host).
     res.writeHead(200, { 'content-type': 'application/json' });

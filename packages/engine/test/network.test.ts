@@ -461,6 +461,83 @@ describe('policy changes', () => {
     await engine.killSandbox(admin, s.id);
   });
 
+  test('keep-alive uploads: a big body goes by the relay intact and counted; the next request is still checked', async () => {
+    const s = await sandbox(['big.test']);
+    const size = 3 * 1024 * 1024 + 7;
+    const r = await py(s.id, [
+      'import http.client, hashlib, os',
+      `body = os.urandom(${size})`,
+      "c = http.client.HTTPConnection('big.test', 80, timeout=10)",
+      "c.request('POST', '/upload', body=body); print(c.getresponse().read().decode().strip())",
+      'print(hashlib.sha256(body).hexdigest())',
+      // A body is data, never requests: one full of requests for another host passes as a body.
+      "inner = b'GET / HTTP/1.1\\r\\nHost: b.test\\r\\n\\r\\n' * 20000",
+      "c.request('PUT', '/upload', body=inner); print(c.getresponse().read().decode().strip())",
+      'print(len(inner), hashlib.sha256(inner).hexdigest())',
+      "c.request('GET', '/'); print(c.getresponse().read().decode().strip())",
+      'try:',
+      "    c.request('GET', '/', headers={'Host': 'b.test'}); print(c.getresponse().read().decode().strip())",
+      'except Exception as e:',
+      "    print('cut', type(e).__name__)",
+    ].join('\n'));
+    const lines = r.stdout.trim().split('\n');
+    assert.equal(lines.length, 6, r.stdout + r.stderr);
+    assert.equal(lines[0], `${size} ${lines[1]} host=big.test`);
+    const [innerSize, innerSha] = lines[3]!.split(' ');
+    assert.equal(lines[2], `${innerSize} ${innerSha} host=big.test`);
+    assert.match(lines[4]!, /^hello from 203\.0\.113\.\d+ host=big\.test$/);
+    assert.match(lines[5]!, /^cut /, r.stdout);
+    const ev = await waitFor(() => netEvents(s.id, 'net.connect').find((e) => e.data.verdict === 'cut'), 'the cut event');
+    assert.deepEqual({ reason: ev.data.reason, requestedName: ev.data.requestedName }, { reason: 'host-changed', requestedName: 'b.test' });
+    const out = ev.data.bytesOut as number;
+    const bodies = size + Number(innerSize);
+    assert.ok(out > bodies && out < bodies + 4096, `bytesOut ${out} for ${bodies} body bytes`);
+    await engine.killSandbox(admin, s.id);
+  });
+
+  test('a lent body: an early EOF reaches the server after what was sent; a policy change cuts it mid-upload', async () => {
+    const s = await sandbox(['big.test']);
+    const partial = [
+      'import socket, os, sys, time',
+      "s = socket.create_connection(('big.test', 80))",
+      "s.sendall(b'POST /upload HTTP/1.1\\r\\nHost: big.test\\r\\nContent-Length: 3145728\\r\\n\\r\\n')",
+      's.sendall(os.urandom(1048576))',
+    ];
+    // Half of the body, then EOF: the server reads exactly that (and refuses the short body).
+    const eof = await py(s.id, [
+      ...partial,
+      's.shutdown(socket.SHUT_WR)',
+      's.settimeout(10)',
+      "got = b''",
+      'while True:',
+      '    d = s.recv(65536)',
+      '    if not d: break',
+      '    got += d',
+      'print(got.split(b"\\r\\n")[0].decode())',
+    ].join('\n'));
+    assert.equal(eof.stdout.trim(), 'HTTP/1.1 400 Bad Request', eof.stderr);
+    const ended = await waitFor(() => netEvents(s.id, 'net.connect').find((e) => e.data.verdict === 'allow'), 'the event');
+    assert.equal(ended.data.bytesOut, 66 + 1048576);
+    // Half of the body, a pause (the relay holds the loan), then big.test is denied.
+    const upload = py(s.id, [
+      ...partial,
+      'time.sleep(3)',
+      'try:',
+      '    s.sendall(os.urandom(1048576)); s.settimeout(5); print(s.recv(100))',
+      'except Exception as e:',
+      "    print('cut', type(e).__name__)",
+    ].join('\n'));
+    // The python sends at once and then sleeps 3 s: 1.5 s in, the loan is surely under way.
+    await new Promise((r) => setTimeout(r, 1500));
+    await engine.updateNetwork(admin, s.id, { deny: ['big.test'] });
+    const r = await upload;
+    assert.match(r.stdout.trim(), /^cut /, r.stdout + r.stderr);
+    const cut = await waitFor(() => netEvents(s.id, 'net.connect').find((e) => e.data.verdict === 'cut'), 'the cut event');
+    assert.equal(cut.data.reason, 'policy-changed');
+    assert.equal(cut.data.bytesOut, 66 + 1048576);
+    await engine.killSandbox(admin, s.id);
+  });
+
   test('bandwidth cap', async () => {
     const s = await sandbox(['big.test'], { bandwidthMbps: 16 });
     // 4 MiB at 16 Mbit/s takes about 2 s; without the cap it takes milliseconds.

@@ -6,7 +6,7 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import net from 'node:net';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { pipeInNode, SpliceRelay, type Handoff as Handed, type RelayResult } from '../src/network/splice-relay.js';
+import { pipeInNode, resumeReading, SpliceRelay, type Handoff as Handed, type RelayResult } from '../src/network/splice-relay.js';
 
 const BINARY = fileURLToPath(new URL('../../../../agent/build/airlock-splice', import.meta.url));
 const HOST = '127.0.0.1';
@@ -367,6 +367,60 @@ test('one way: a reset is reported, and cut() leaves Node\'s sockets to the call
     nodeClient.resetAndDestroy();
     upstream.resetAndDestroy();
     assert.equal(await closed, 'ECONNRESET', how);
+  }
+});
+
+test('counted: exactly the count goes by the relay, what follows is Node\'s again; an early EOF is left for Node', async () => {
+  // The server keeps everything it is sent; the client's EOF (passed on by Node) ends that.
+  const received: Array<Promise<Buffer>> = [];
+  const serverPort = await listen((s) => {
+    received.push(new Promise((resolve) => {
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('end', () => { resolve(Buffer.concat(parts)); s.end(); });
+    }));
+  });
+  const body = randomBytes(3 * MiB + 11);
+  const tail = Buffer.from('GET /next HTTP/1.1\r\nHost: a.test\r\n\r\n');
+  for (const how of ['count', 'eof', 'cut'] as const) {
+    let picked: { client: net.Socket; upstream: net.Socket; h: Handed } | null = null;
+    const nodeSaw: Buffer[] = [];
+    const port = await proxy(serverPort, (client, upstream) => {
+      // Paused since accept, nothing read: all of it is the relay's up to the count.
+      picked = { client, upstream, h: relay.handOffCounted(client, upstream, body.length) };
+    });
+    const client = connect(port);
+    await once(client, 'connect');
+    // In one write: the count ends mid-stream, and the relay must not take a byte past it.
+    if (how === 'count') client.end(Buffer.concat([body, tail]));
+    else if (how === 'eof') client.end(body.subarray(0, MiB));
+    else client.write(body.subarray(0, 1000));
+    while (!picked) await new Promise((r) => setTimeout(r, 5));
+    const { h, client: nodeClient, upstream } = picked as { client: net.Socket; upstream: net.Socket; h: Handed };
+    if (how === 'cut') {
+      await new Promise((r) => setTimeout(r, 50));
+      h.cut();
+      const r = await h.done;
+      assert.equal(r.reset, true);
+      nodeClient.resetAndDestroy();
+      upstream.resetAndDestroy();
+      client.destroy();
+      continue;
+    }
+    const r = await h.done;
+    assert.equal(r.reset, false, how);
+    assert.equal(r.aToB, how === 'count' ? body.length : MiB, how);
+    assert.equal(r.eof === true, how === 'eof', how);
+    // Node reads on from exactly where the relay stopped, and passes the rest itself.
+    nodeClient.on('data', (d: Buffer) => { nodeSaw.push(d); upstream.write(d); });
+    nodeClient.on('end', () => upstream.end());
+    resumeReading(nodeClient);
+    const atServer = await received.at(-1)!;
+    assert.deepEqual(Buffer.concat(nodeSaw), how === 'count' ? tail : Buffer.alloc(0), how);
+    assert.equal(sha(atServer), sha(how === 'count' ? Buffer.concat([body, tail]) : body.subarray(0, MiB)), how);
+    nodeClient.destroy();
+    upstream.destroy();
+    client.destroy();
   }
 });
 

@@ -1,5 +1,5 @@
 import net, { isIPv4 } from 'node:net';
-import type { Handoff, RelayResult } from './splice-relay.js';
+import { resumeReading, type Handoff, type RelayResult } from './splice-relay.js';
 import { embeddedIPv4, type BlockedAddresses } from './blocked-addresses.js';
 import { normalizeName, type EgressPolicy, type NameVerdict } from './egress-policy.js';
 import { parseAbsoluteTarget, parseAuthority, parseRequestHead } from './http-request-head.js';
@@ -56,6 +56,8 @@ export interface ConnectionRelay {
   handOff(a: net.Socket, b: net.Socket): Handoff;
   /** One direction only, `from` to `to` (splice-relay.ts); Node keeps the sockets. */
   handOffOneWay(from: net.Socket, to: net.Socket): Handoff;
+  /** Exactly `count` bytes `from` to `to`, then Node reads `from` again (splice-relay.ts). */
+  handOffCounted(from: net.Socket, to: net.Socket, count: number): Handoff;
 }
 
 export type ConnectMode = 'transparent' | 'explicit' | 'cidr';
@@ -98,6 +100,18 @@ interface Conn {
   half: Handoff | null;
   /** Bytes Node had written to the client when the half went to the relay. */
   halfNodeBytesIn: number;
+  /** A guarded connection's request body of known length, lent to the kernel relay (counted). */
+  upload: UploadLoan | null;
+  /** Request body bytes the relay moved to the server on such loans, over the connection's life. */
+  uploadRelayed: number;
+}
+
+interface UploadLoan {
+  handoff: Handoff;
+  /** Settles once the loan is over and counted (uploadRelayed updated). */
+  settled: Promise<void>;
+  /** The connection is ending: cut() was sent, nothing is resumed after. */
+  cut: boolean;
 }
 
 /** A decision not to connect: becomes the event and, in explicit mode, the HTTP answer. */
@@ -259,7 +273,7 @@ export class EgressProxy {
     const c: Conn = conn = {
       sandbox, client, upstream: null, dst, mode: explicit ? 'explicit' : 'transparent', state: 'sniffing',
       name: null, port: dst.port, address: null, startedAt: Date.now(), timer: null, clientClosed: false, upstreamClosed: false,
-      handoff: null, nodeBytes: null, replyBytes: 0, brokered: null, inspect: null, guard: null, half: null, halfNodeBytesIn: 0,
+      handoff: null, nodeBytes: null, replyBytes: 0, brokered: null, inspect: null, guard: null, half: null, halfNodeBytesIn: 0, upload: null, uploadRelayed: 0,
     };
     this.sockets.add(client);
     client.on('close', () => {
@@ -638,15 +652,68 @@ export class EgressProxy {
       draining = true;
       upstream.once('drain', () => {
         draining = false;
-        if (!upgrade) client.resume();
+        if (!upgrade && !conn.upload) resumeReading(client);
       });
     };
     let clientEnded = false;
     /** The client is done sending: so is the server's side, once what the guard holds went. */
     const endUpstream = (): void => {
-      if (clientEnded && !upgrade && conn.state === 'open' && !upstream.writableEnded) upstream.end();
+      // Not while the relay writes a lent body there: the EOF goes after it (the loan's end calls this again).
+      if (clientEnded && !upgrade && !conn.upload && conn.state === 'open' && !upstream.writableEnded) upstream.end();
     };
-    client.on('data', (chunk: Buffer) => { forward(guard.push(chunk)); });
+    /**
+     * A request body of known length, big enough to matter: lent to the kernel relay, which
+     * moves exactly that many bytes and stops (the framing was checked; a body is not parsed),
+     * so a plaintext upload is not held to Node's pace. The next request head is Node's again.
+     */
+    const lendBody = (): void => {
+      if (!this.o.relay || conn.upload || upgrade || clientEnded || conn.state !== 'open' || guard.bodyLeft() < RELAY_AFTER_BYTES) return;
+      const relay = this.o.relay();
+      if (!relay) return;
+      // What Node has already read is the guard's to pass on (body, and perhaps what follows it):
+      // read() hands it to the 'data' listener below, which forwards it.
+      client.pause();
+      takingBuffered = true;
+      try {
+        while (conn.state === 'open' && client.read() !== null);
+      } finally {
+        takingBuffered = false;
+      }
+      if (conn.state !== 'open') return;
+      const count = guard.bodyLeft();
+      let h: Handoff | null = null;
+      if (count > 0 && !upgrade) {
+        try {
+          h = relay.handOffCounted(client, upstream, count); // stops Node reading the client, in this tick
+        } catch {
+          h = null;
+        }
+      }
+      if (!h) {
+        if (!draining && !upgrade) client.resume();
+        return;
+      }
+      guard.skipBody(count);
+      const loan: UploadLoan = { handoff: h, cut: false, settled: Promise.resolve() };
+      loan.settled = h.done.then((r) => r, () => null).then((r) => {
+        conn.uploadRelayed += r?.aToB ?? 0;
+        conn.upload = null;
+        if (loan.cut || conn.state !== 'open') return;
+        if (r === null || r.reset) {
+          // Broken mid-body: the server must not take a short body for a whole one.
+          conn.half?.cut();
+          resetOrDestroy(client, true);
+          resetOrDestroy(upstream, true);
+          return;
+        }
+        // The count went (or the client ended first, and Node reads its EOF next).
+        if (!draining) resumeReading(client);
+        endUpstream(); // the client's EOF, if Node read it meanwhile
+      });
+      conn.upload = loan;
+    };
+    let takingBuffered = false;
+    client.on('data', (chunk: Buffer) => { if (forward(guard.push(chunk)) && !takingBuffered) lendBody(); });
     client.on('end', () => {
       clientEnded = true;
       endUpstream();
@@ -667,7 +734,10 @@ export class EgressProxy {
     if (client.readableEnded) { // half-closed while we were deciding
       clientEnded = true;
       endUpstream();
-    } else if (!upgrade && !draining) client.resume(); // paused since the sniff
+    } else if (!upgrade && !draining) {
+      client.resume(); // paused since the sniff
+      lendBody();
+    }
     if (!this.o.relay) return;
     const watch = (): void => {
       if (conn.state !== 'open' || conn.half || upgrade || upstream.bytesRead < RELAY_AFTER_BYTES) return;
@@ -700,12 +770,20 @@ export class EgressProxy {
     const upstream = conn.upstream!;
     const end = (): void => {
       if (conn.state === 'done') return;
+      if (conn.upload) {
+        // A body still on loan to the relay: end it there first, and count what it moved.
+        const loan = conn.upload;
+        loan.cut = true;
+        loan.handoff.cut();
+        void loan.settled.then(end);
+        return;
+      }
       this.unregister(conn);
       conn.state = 'done';
       this.clearTimer(conn);
       client.destroy();
       upstream.destroy();
-      this.emitConnect(conn, 'allow', {}, { aToB: upstream.bytesWritten, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
+      this.emitConnect(conn, 'allow', {}, { aToB: upstream.bytesWritten + conn.uploadRelayed, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
     };
     if (r === null || r.reset) {
       resetOrDestroy(client, true);
@@ -784,6 +862,7 @@ export class EgressProxy {
   private destroyBoth(conn: Conn): void {
     // The relay's copies would keep a half-relayed connection alive: they go too (halfDone follows).
     conn.half?.cut();
+    conn.upload?.handoff.cut();
     conn.client.destroy();
     conn.upstream?.destroy();
   }
@@ -814,6 +893,14 @@ export class EgressProxy {
    */
   private finish(conn: Conn, verdict: Verdict, data: Record<string, unknown>, how: 'destroy' | 'reset' | 'keep-client'): void {
     if (conn.state === 'done') return;
+    if (conn.upload) {
+      // A request body on loan to the relay: cut it there, and finish once it is counted.
+      const loan = conn.upload;
+      loan.cut = true;
+      loan.handoff.cut();
+      void loan.settled.then(() => this.finish(conn, verdict, data, how));
+      return;
+    }
     if (conn.handoff) {
       // The relay holds the sockets: cut there; the event waits for its byte counts.
       const h = conn.handoff;
@@ -833,7 +920,7 @@ export class EgressProxy {
       h.cut();
       resetOrDestroy(up, how !== 'destroy');
       resetOrDestroy(conn.client, how !== 'destroy');
-      const bytes = (r: RelayResult | null): RelayResult => ({ aToB: up.bytesWritten, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
+      const bytes = (r: RelayResult | null): RelayResult => ({ aToB: up.bytesWritten + conn.uploadRelayed, bToA: conn.halfNodeBytesIn + (r?.aToB ?? 0) });
       h.done.then((r) => this.emitConnect(conn, verdict, data, bytes(r)), () => this.emitConnect(conn, verdict, data, bytes(null)));
       return;
     }
@@ -844,7 +931,7 @@ export class EgressProxy {
     const up = conn.upstream;
     if (up) resetOrDestroy(up, how !== 'destroy');
     if (how !== 'keep-client') resetOrDestroy(conn.client, how === 'reset');
-    this.emitConnect(conn, verdict, data, up ? { aToB: up.bytesWritten, bToA: up.bytesRead } : null);
+    this.emitConnect(conn, verdict, data, up ? { aToB: up.bytesWritten + conn.uploadRelayed, bToA: up.bytesRead } : null);
   }
 
   /** A relayed connection ended by itself (both directions over, or an error): its event. */

@@ -90,6 +90,21 @@ export class RequestGuard {
   /** The server switched protocols: the bytes are no longer HTTP and pass unparsed. */
   get tunnel(): boolean { return this.state === 'tunnel'; }
 
+  /**
+   * Body bytes the current request still declares by Content-Length: framing already checked,
+   * nothing in them is parsed, so they may go by another way (the relay) — skipBody() then.
+   * 0 when there are none, or while anything is held, refused or tunnelled.
+   */
+  bodyLeft(): number {
+    return this.refused || this.state !== 'requests' ? 0 : this.rw.lengthBodyLeft();
+  }
+
+  /** `n` body bytes (at most bodyLeft()) went on without passing here; the next bytes pushed follow them. */
+  skipBody(n: number): void {
+    if (this.refused || this.state !== 'requests') throw new Error('no body to skip');
+    this.rw.skipBody(n);
+  }
+
   push(data: Buffer): GuardResult {
     if (this.refused) return { out: [] };
     if (this.state === 'tunnel') return { out: data.length ? [data] : [] };

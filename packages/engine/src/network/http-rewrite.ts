@@ -165,6 +165,23 @@ export class RequestRewriter {
     return rest;
   }
 
+  /**
+   * Bytes of the current request's Content-Length body still to come, when nothing past what
+   * was pushed is buffered (else 0): bytes someone else may pass on unparsed (skipBody).
+   */
+  lengthBodyLeft(): number {
+    if (this.refused || this.body?.kind !== 'length' || this.buf.length > 0) return 0;
+    return this.body.left;
+  }
+
+  /** Counts `n` bytes of the current Content-Length body as passed on elsewhere; parsing goes on after them. */
+  skipBody(n: number): void {
+    if (!Number.isSafeInteger(n) || n <= 0 || n > this.lengthBodyLeft()) throw new Error('no such body bytes to skip');
+    const body = this.body as { kind: 'length'; left: number };
+    body.left -= n;
+    if (body.left === 0) this.body = null;
+  }
+
   push(data: Buffer): { out: Buffer[]; refusal?: HttpRefusal } {
     const out: Buffer[] = [];
     if (this.refused) return { out };

@@ -10,8 +10,9 @@ const noop = (): void => {};
  * they never cross into Node. Node copying them reached only ~0.3x of a direct path.
  *
  * Protocol (one ASCII line each): we write `ADD <id> <fdA> <fdB> <inoA> <inoB>` (both ways),
- * `ADD1 …` (A to B only) or `CUT <id>`; the daemon answers `READY` once, then `OK <id>` /
- * `ERR <id> <message>` / `DONE <id> <aToB> <bToA> end|reset`.
+ * `ADD1 …` (A to B only), `ADDN … <count>` (A to B, exactly count bytes) or `CUT <id>`; the
+ * daemon answers `READY` once, then `OK <id>` / `ERR <id> <message>` /
+ * `DONE <id> <aToB> <bToA> end|reset|limit|eof`.
  */
 
 export interface RelayResult {
@@ -19,6 +20,8 @@ export interface RelayResult {
   bToA: number;
   /** The relay ended it with a reset (an error, or cut()) rather than a clean end of stream. */
   reset?: boolean;
+  /** handOffCounted: A ended before the count (its EOF is still there for Node to read). */
+  eof?: boolean;
 }
 
 export interface Handoff {
@@ -65,6 +68,23 @@ function stopReading(socket: net.Socket): void {
   }
 }
 
+/**
+ * Undoes stopReading() once a counted handoff gave the socket back: resume() alone would not,
+ * as the stream still counts the read it asked for before the stop as under way.
+ */
+export function resumeReading(socket: net.Socket): void {
+  const handle = (socket as unknown as { _handle?: (ReadHandle & { readStart(): number }) | null })._handle;
+  if (handle && !handle.reading && !socket.destroyed) {
+    handle.reading = true;
+    const err = handle.readStart();
+    if (err < 0) {
+      socket.destroy(new Error(`readStart failed (${err})`));
+      return;
+    }
+  }
+  socket.resume();
+}
+
 /** Resolves once everything written to the socket is in the kernel. */
 function flushed(socket: net.Socket): Promise<void> {
   if (socket.writableLength === 0) return Promise.resolve();
@@ -90,6 +110,8 @@ interface Pending {
   b: net.Socket;
   /** A to B only; Node keeps its sockets and the other direction. */
   oneWay: boolean;
+  /** handOffCounted: exactly this many bytes A to B, then Node has its sockets back. */
+  count: number | null;
   stage: Stage;
   /** Bytes Node itself moved from one side's read buffer to the other's write. */
   moved: RelayResult;
@@ -176,7 +198,7 @@ export class SpliceRelay {
    * listeners first: the bytes moved here pass through read(), which emits them.
    */
   handOff(a: net.Socket, b: net.Socket): Handoff {
-    return this.start(a, b, false);
+    return this.start(a, b, false, null);
   }
 
   /**
@@ -188,16 +210,30 @@ export class SpliceRelay {
    * result or a cut(), destroying them resets the connection). A failed handoff resets both.
    */
   handOffOneWay(from: net.Socket, to: net.Socket): Handoff {
-    return this.start(from, to, true);
+    return this.start(from, to, true, null);
   }
 
-  private start(a: net.Socket, b: net.Socket, oneWay: boolean): Handoff {
+  /**
+   * Lends the daemon `count` bytes of one direction, `from` to `to` (a request body whose length
+   * is known), and takes nothing past them. Node must have read everything it buffered from
+   * `from` itself (its readable buffer empty: those bytes are Node's to pass on), and keeps
+   * both sockets and the other direction. Node stops reading `from` here; what it wrote to `to`
+   * is flushed first. `done` resolves once the count went (`aToB` === count), or `eof` when
+   * `from` ended first; either way Node reads `from` again (resumeReading()), and finds the
+   * EOF there. A reset result (an error, or cut()) leaves both sockets for the caller to destroy.
+   */
+  handOffCounted(from: net.Socket, to: net.Socket, count: number): Handoff {
+    if (!Number.isSafeInteger(count) || count <= 0) throw new Error('count must be a positive integer');
+    return this.start(from, to, true, count);
+  }
+
+  private start(a: net.Socket, b: net.Socket, oneWay: boolean, count: number | null): Handoff {
     const id = String(this.nextId++);
     let resolve!: (r: RelayResult) => void;
     let reject!: (e: Error) => void;
     const done = new Promise<RelayResult>((res, rej) => { resolve = res; reject = rej; });
     const p: Pending = {
-      id, a, b, oneWay, stage: 'preparing', moved: { aToB: 0, bToA: 0 }, cutRequested: false, resolve, reject, detach: noop,
+      id, a, b, oneWay, count, stage: 'preparing', moved: { aToB: 0, bToA: 0 }, cutRequested: false, resolve, reject, detach: noop,
     };
     if (!this.alive || this.closing) {
       this.failHandoff(p, new Error('airlock-splice is not running'));
@@ -242,7 +278,13 @@ export class SpliceRelay {
     a.allowHalfOpen = true;
     b.allowHalfOpen = true;
     a.pause();
-    p.moved.aToB = this.moveBuffered(a, b);
+    if (p.count !== null) {
+      // The caller took what Node buffered (it parses that); reading stops before any more comes.
+      if (a.readableLength > 0) throw new Error('bytes read from the socket are still buffered in Node');
+      stopReading(a);
+    } else {
+      p.moved.aToB = this.moveBuffered(a, b);
+    }
     if (!p.oneWay) {
       b.pause();
       p.moved.bToA = this.moveBuffered(b, a);
@@ -259,7 +301,8 @@ export class SpliceRelay {
     if (inoA === null || inoB === null) throw new Error('descriptor is not a socket');
     if (!this.alive || this.closing) throw new Error('airlock-splice is not running');
     p.stage = 'adding';
-    this.child.stdin.write(`${p.oneWay ? 'ADD1' : 'ADD'} ${p.id} ${fdA} ${fdB} ${inoA} ${inoB}\n`);
+    const command = p.count !== null ? 'ADDN' : p.oneWay ? 'ADD1' : 'ADD';
+    this.child.stdin.write(`${command} ${p.id} ${fdA} ${fdB} ${inoA} ${inoB}${p.count !== null ? ` ${p.count}` : ''}\n`);
   }
 
   /** Writes what Node already read from `from` to `to`, then stops Node reading `from`. */
@@ -322,6 +365,7 @@ export class SpliceRelay {
         aToB: p.moved.aToB + (Number.isSafeInteger(aToB) ? aToB : 0),
         bToA: p.moved.bToA + (Number.isSafeInteger(bToA) ? bToA : 0),
         reset: rest[2] === 'reset',
+        ...(rest[2] === 'eof' ? { eof: true } : {}),
       });
     }
   }
