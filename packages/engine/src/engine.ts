@@ -137,6 +137,8 @@ const AGENT_REDIAL_WAIT_MS = 3000;
 
 interface LiveSandbox {
   id: string;
+  /** Never changes: events on a hot path (one per egress connection) take it from here, not the store. */
+  tenant: string;
   link: AgentLink;
   /** Set once the engine decided to end the sandbox; in-flight execs report it. */
   ending: { state: SandboxState; reason: string; execReason: ExecReason; done: Promise<void> } | null;
@@ -261,8 +263,7 @@ export class Engine implements AirlockEngine {
       ...(opts.secretsUpstreamCa ? { upstreamCaPem: opts.secretsUpstreamCa } : {}),
       onEvent: (sandbox, type, data) => {
         if (this.closed) return;
-        const rec = this.sandboxes.get(sandbox);
-        this.events.append({ tenant: rec?.tenant ?? DEFAULT_TENANT, sandbox, type, data });
+        this.events.append({ tenant: this.tenantOf(sandbox), sandbox, type, data });
       },
     });
     this.governance = new Governance({
@@ -300,7 +301,7 @@ export class Engine implements AirlockEngine {
       broker: this.secretBroker,
       onEvent: (sandbox, type, data) => {
         if (this.closed) return;
-        const tenant = this.sandboxes.get(sandbox)?.tenant ?? DEFAULT_TENANT;
+        const tenant = this.tenantOf(sandbox);
         if (type !== 'net.connect') {
           this.events.append({ tenant, sandbox, type, data });
           return;
@@ -424,7 +425,7 @@ export class Engine implements AirlockEngine {
       const resolvConf = join(dir, 'resolv.conf');
       writeFileSync(resolvConf, lease ? NetworkManager.resolvConf(lease) : NO_NETWORK_RESOLV_CONF, { mode: 0o644 });
       link = await AgentLink.listen(join(controlDir, HOST_SOCKET_NAME), rec.agentToken, { helloTimeoutMs: driver.agentHelloTimeoutMs });
-      this.attach(rec.id, link, template.env);
+      this.attach(rec.id, rec.tenant, link, template.env);
       const ready = link.waitConnected(this.startTimeoutMs);
       ready.catch(() => {}); // observed below; a failed start must not also be an unhandled rejection
       const engineBinds = [{ source: resolvConf, target: '/etc/resolv.conf', readOnly: true }];
@@ -1498,8 +1499,13 @@ export class Engine implements AirlockEngine {
     };
   }
 
-  private attach(id: string, link: AgentLink, templateEnv: string[]): LiveSandbox {
-    const live: LiveSandbox = { id, link, ending: null, execIds: new Map(), templateEnv };
+  /** A sandbox's tenant: from memory while it runs, else from the store. */
+  private tenantOf(id: string): string {
+    return this.live.get(id)?.tenant ?? this.sandboxes.get(id)?.tenant ?? DEFAULT_TENANT;
+  }
+
+  private attach(id: string, tenant: string, link: AgentLink, templateEnv: string[]): LiveSandbox {
+    const live: LiveSandbox = { id, tenant, link, ending: null, execIds: new Map(), templateEnv };
     this.live.set(id, live);
     link.on('disconnected', () => { void this.onAgentLost(id); });
     return live;
@@ -1639,7 +1645,7 @@ export class Engine implements AirlockEngine {
       if (alive && rec.state !== 'creating' && rec.expiresAt > now && this.claim(rec)) {
         const template = this.templates.get(rec.spec.template);
         const link = await AgentLink.listen(join(this.dataDir, 'sandboxes', rec.id, 'ctl', HOST_SOCKET_NAME), rec.agentToken, { helloTimeoutMs: driver?.agentHelloTimeoutMs });
-        this.attach(rec.id, link, template?.env ?? []);
+        this.attach(rec.id, rec.tenant, link, template?.env ?? []);
         keep.add(rec.id);
         adopted.push(rec.id);
         if (rec.spec.runtime !== 'microvm') await this.credentialReads.watch(rec.id, rec.tenant, rootfsPaths(join(this.dataDir, 'sandboxes', rec.id)).rootfs, { sentry: rec.spec.runtime === 'gvisor' });
