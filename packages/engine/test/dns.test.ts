@@ -621,6 +621,36 @@ describe('SandboxDnsServer', () => {
     }
   });
 
+  test('flood: an allowed name already cached is still answered (no upstream, no event); anything else is REFUSED', async () => {
+    const seen: Array<Record<string, unknown>> = [];
+    const limited = new SandboxDnsServer({
+      sandboxId: 'sbx4', listen: { host: '127.0.0.1', port: 0 }, policy: () => policy, upstream: resolver,
+      onEvent: (_id, _type, data) => { seen.push(data); }, rateLimit: { perSecond: 1, burst: 1 },
+    });
+    await limited.start();
+    try {
+      const port = limited.address.port;
+      assert.deepEqual(ips(await udpAsk(port, query('pkg.ok.test'))), ['192.0.2.50'], 'within the rate: asked upstream, cached');
+      const asked = up.count('pkg.ok.test');
+      for (let i = 0; i < 5; i++) assert.deepEqual(ips(await udpAsk(port, query('PKG.ok.test'))), ['192.0.2.50']);
+      const aaaa = await udpAsk(port, query('pkg.ok.test', 'AAAA'));
+      assert.equal((aaaa as unknown as { rcode: string }).rcode, 'NOERROR');
+      assert.equal(aaaa.answers?.length ?? 0, 0);
+      assert.equal(up.count('pkg.ok.test'), asked, 'the cache answered');
+      // A cache miss (even under an allowed wildcard) would reach the upstream; a name not allowed needs deciding.
+      for (const q of [query('fresh.ok.test'), query('elsewhere.test'), query('bad.ok.test'), query('pkg.ok.test', 'TXT')]) {
+        assert.equal((await udpAsk(port, q) as unknown as { rcode: string }).rcode, 'REFUSED');
+      }
+      assert.equal(up.count('fresh.ok.test'), 0);
+      assert.equal(limited.stats.rateLimited, 10);
+      assert.equal(limited.stats.answeredInFlood, 6);
+    } finally {
+      await limited.close();
+    }
+    assert.equal(seen.length, 2, 'the first answer, then one summary');
+    assert.deepEqual(seen[1], { verdict: 'rate-limited', rcode: 'REFUSED', dropped: 4, answeredFromCache: 6, flags: ['flood'] });
+  });
+
   test('a flood still unreported at close() is reported then', async () => {
     const seen: Array<Record<string, unknown>> = [];
     const limited = new SandboxDnsServer({

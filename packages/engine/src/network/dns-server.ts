@@ -10,7 +10,9 @@ import type { DnsUpstream } from './dns-upstream.js';
  * sandbox's policy allows (through the shared DnsUpstream), NXDOMAIN for every other name
  * without asking anyone (a query for attacker.example must not leave the host), and nothing
  * for other record types: TXT/MX/ANY answers are a tunnel's download channel. Every query is
- * an audit event, except under a flood, which becomes one summary event per second.
+ * an audit event, except under a flood, which becomes one summary event per second. Over the
+ * rate, only what carries nothing out and costs next to nothing is still answered (an allowed
+ * name's cached address; no AAAA for it); everything else is REFUSED.
  */
 
 export type DnsVerdict = NameVerdict | 'rate-limited';
@@ -41,6 +43,8 @@ export interface SandboxDnsServerStats {
   /** Answered NXDOMAIN because the policy denies or does not allow the name. */
   refusedNames: number;
   rateLimited: number;
+  /** Of those, answered all the same: an allowed name's cached answer (or its empty AAAA). */
+  answeredInFlood: number;
   /** Packets dropped without an answer: undecodable, or not a query. */
   malformed: number;
   /** TCP connections closed at once because MAX_TCP_CONNECTIONS were open. */
@@ -134,7 +138,7 @@ function encodeReply(r: Reply, max: number): Buffer {
 }
 
 export class SandboxDnsServer {
-  readonly stats: SandboxDnsServerStats = { queries: 0, forwarded: 0, refusedNames: 0, rateLimited: 0, malformed: 0, tcpRejected: 0, errors: 0 };
+  readonly stats: SandboxDnsServerStats = { queries: 0, forwarded: 0, refusedNames: 0, rateLimited: 0, answeredInFlood: 0, malformed: 0, tcpRejected: 0, errors: 0 };
   private readonly limiter: QueryRateLimiter;
   private udp: dgram.Socket | null = null;
   private tcp: net.Server | null = null;
@@ -145,6 +149,7 @@ export class SandboxDnsServer {
   private closing: Promise<void> | null = null;
   /** Rate-limited queries not yet reported, and the timer that will report them. */
   private dropped = 0;
+  private answeredInFlood = 0;
   private floodTimer: NodeJS.Timeout | null = null;
   private held = 0;
 
@@ -314,7 +319,16 @@ export class SandboxDnsServer {
     const reply: Reply = { id: msg.readUInt16BE(0), opcode: (flags >> 11) & 0xf, rd: (flags & 0x0100) !== 0, rcode: 'NOERROR', question: wire?.bytes ?? null, answers: [] };
     if (!this.limiter.take()) {
       this.stats.rateLimited++;
-      this.noteFlood();
+      // A client that opens many connections asks for the same allowed names again and again:
+      // those answers come from the cache, so no upstream hears of them and no event is written.
+      // Anything that would go out (a cache miss, under a wildcard too) or needs deciding waits.
+      const cached = wire && reply.opcode === 0 && wire.qclass === QCLASS_IN && wire.name !== null ? this.cachedAnswer(reply, wire.name, wire.qtype) : null;
+      if (cached) {
+        this.stats.answeredInFlood++;
+        this.noteFlood(true);
+        return cached;
+      }
+      this.noteFlood(false);
       return { ...reply, rcode: 'REFUSED' };
     }
     const decoded = packet.questions?.[0];
@@ -399,9 +413,25 @@ export class SandboxDnsServer {
     }
   }
 
+  /** An allowed name's answer from the cache alone (A), or its empty AAAA; null for anything else. */
+  private cachedAnswer(reply: Reply, rawName: string, qtype: number): Reply | null {
+    const name = rawName.toLowerCase().replace(/\.$/, '');
+    if (name.length > 253 || (qtype !== QTYPE_A && qtype !== QTYPE_AAAA)) return null;
+    if (this.o.policy().checkName(name, null) !== 'allow') return null;
+    if (qtype === QTYPE_AAAA) return reply;
+    const res = this.o.upstream.peek4(name);
+    if (!res || res.rcode !== 'NOERROR') return null;
+    const chain = [name, ...(res.cname ?? [])];
+    const answers: dnsPacket.Answer[] = [];
+    for (let i = 1; i < chain.length; i++) answers.push({ type: 'CNAME', class: 'IN', name: chain[i - 1]!, ttl: res.ttl, data: chain[i]! });
+    for (const ip of res.addresses.slice(0, MAX_ANSWERS)) answers.push({ type: 'A', class: 'IN', name: chain[chain.length - 1]!, ttl: res.ttl, data: ip });
+    return { ...reply, answers };
+  }
+
   /** A flood becomes one event per second, not one per query. */
-  private noteFlood(): void {
-    this.dropped++;
+  private noteFlood(answered: boolean): void {
+    if (answered) this.answeredInFlood++;
+    else this.dropped++;
     if (this.floodTimer || this.closed) return;
     this.floodTimer = setTimeout(() => this.reportFlood(), FLOOD_REPORT_MS);
     this.floodTimer.unref();
@@ -410,9 +440,11 @@ export class SandboxDnsServer {
   private reportFlood(): void {
     if (this.floodTimer) clearTimeout(this.floodTimer);
     this.floodTimer = null;
-    if (this.dropped === 0) return;
+    if (this.dropped === 0 && this.answeredInFlood === 0) return;
     const dropped = this.dropped;
+    const answered = this.answeredInFlood;
     this.dropped = 0;
-    this.emit({ verdict: 'rate-limited', rcode: 'REFUSED', dropped, flags: ['flood'] });
+    this.answeredInFlood = 0;
+    this.emit({ verdict: 'rate-limited', rcode: 'REFUSED', dropped, ...(answered > 0 ? { answeredFromCache: answered } : {}), flags: ['flood'] });
   }
 }

@@ -123,6 +123,12 @@ export class DnsUpstream {
     this.cache.clear();
   }
 
+  /** The cached answer for an A question, if there is one: nothing is asked of anyone. */
+  peek4(name: string): Resolution | null {
+    const key = normalizeName(name);
+    return this.closed ? null : this.cached(key, Date.now());
+  }
+
   private cached(key: string, now: number): Resolution | null {
     const e = this.cache.get(key);
     if (!e) return null;
