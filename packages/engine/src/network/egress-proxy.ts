@@ -661,6 +661,8 @@ export class EgressProxy {
       // Not while the relay writes a lent body there: the EOF goes after it (the loan's end calls this again).
       if (clientEnded && !upgrade && !conn.upload && conn.state === 'open' && !upstream.writableEnded) upstream.end();
     };
+    /** lendBody() is handing Node's buffered bytes to the 'data' listener: no loan from there. */
+    let takingBuffered = false;
     /**
      * A request body of known length, big enough to matter: lent to the kernel relay, which
      * moves exactly that many bytes and stops (the framing was checked; a body is not parsed),
@@ -712,7 +714,6 @@ export class EgressProxy {
       });
       conn.upload = loan;
     };
-    let takingBuffered = false;
     client.on('data', (chunk: Buffer) => { if (forward(guard.push(chunk)) && !takingBuffered) lendBody(); });
     client.on('end', () => {
       clientEnded = true;
