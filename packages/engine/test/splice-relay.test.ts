@@ -455,6 +455,12 @@ test('the daemon reports bad commands and keeps going', async () => {
       `ADD 9 ${fdOf(a)} ${fdOf(b)} 1 1`,
       `ADD 10 ${fdOf(a)} ${fdOf(b)} ${inoOf(a)} ${inoOf(b)}`,
       `ADD 10 ${fdOf(a)} ${fdOf(b)}`,
+      'ADDN 11 3 4',
+      `ADDN 12 ${fdOf(a)} ${fdOf(b)} ${inoOf(a)} ${inoOf(b)} 0`,
+      `ADDN 13 ${fdOf(a)} ${fdOf(b)} ${inoOf(a)} ${inoOf(b)} -5`,
+      `ADDN 14 ${fdOf(a)} ${fdOf(b)} ${inoOf(a)} ${inoOf(b)} ${'9'.repeat(21)}`,
+      `ADDN 15 ${fdOf(a)} ${fdOf(b)} ${inoOf(a)} ${inoOf(b)} 5`,
+      'CUT 15',
       'CUT 10',
     ];
     child.stdin.end(lines.join('\n') + '\n');
@@ -478,6 +484,12 @@ test('the daemon reports bad commands and keeps going', async () => {
       'ERR 9 not the socket named',
       'OK 10',
       'ERR 10 duplicate id',
+      'ERR 11 bad command',
+      'ERR 12 bad count',
+      'ERR 13 bad count',
+      'ERR 14 bad count',
+      'OK 15',
+      'DONE 15 0 0 reset',
       'DONE 10 0 0 reset',
     ]);
   } finally {
