@@ -181,6 +181,8 @@ export class Engine implements AirlockEngine {
   readonly dataDir: string;
   readonly templatesDir: string;
   private readonly db: Db;
+  /** Runs a function in a BEGIN IMMEDIATE transaction; built once (better-sqlite3 builds a wrapper per transaction() call). */
+  private readonly immediateTx: (fn: () => void) => void;
   private readonly sandboxes: SandboxRepository;
   private readonly keys: KeyRepository;
   readonly events: EventLog;
@@ -230,6 +232,7 @@ export class Engine implements AirlockEngine {
     sandboxTraversable(this.dataDir);
     sandboxTraversable(join(this.dataDir, 'sandboxes'));
     this.db = openDb(join(this.dataDir, 'airlock.db'));
+    this.immediateTx = this.db.transaction((fn: () => void) => fn()).immediate;
     this.sandboxes = new SqliteSandboxRepository(this.db);
     this.keys = new KeyRepository(this.db);
     this.auditSigner = loadAuditSigner(resolve(opts.auditKeyFile ?? (process.env.AIRLOCK_AUDIT_KEY || join(this.dataDir, 'audit-signing.key'))));
@@ -1448,7 +1451,7 @@ export class Engine implements AirlockEngine {
 
   private tx(fn: () => void): void {
     try {
-      this.db.transaction(fn).immediate();
+      this.immediateTx(fn);
     } catch (e) {
       this.events.discardPending();
       throw e;

@@ -27,7 +27,9 @@ export class EngineMetering {
   constructor(private readonly o: EngineMeteringOptions) {
     this.prices = parsePriceSheet(o.prices ?? {});
     this.repo = new UsageRepository(o.db);
-    this.meter = new Meter(this.repo, (fn) => o.db.transaction(fn).immediate());
+    // Built once: better-sqlite3 builds a wrapper per transaction() call.
+    const immediate = o.db.transaction((fn: () => unknown) => fn()).immediate;
+    this.meter = new Meter(this.repo, <T>(fn: () => T) => immediate(fn) as T);
   }
 
   start(): void {

@@ -1,4 +1,4 @@
-import { BlockList, isIPv4, isIPv6 } from 'node:net';
+import { isIPv4, isIPv6 } from 'node:net';
 import { networkInterfaces } from 'node:os';
 
 /**
@@ -26,12 +26,28 @@ export const DEFAULT_BLOCKED_RANGES: ReadonlyArray<readonly [string, string]> = 
   ['ff00::/8', 'multicast'],
 ];
 
-function addTo(list: BlockList, cidr: string): void {
-  const [addr, len] = cidr.split('/');
-  const family = isIPv4(addr!) ? 'ipv4' : 'ipv6';
-  if (!isIPv4(addr!) && !isIPv6(addr!)) throw new Error(`not an IP range: ${cidr}`);
-  const prefix = len === undefined ? (family === 'ipv4' ? 32 : 128) : Number(len);
-  list.addSubnet(addr!, prefix, family);
+/** A range as numbers: `net` is the masked address, both unsigned 32-bit. */
+interface Ipv4Range { net: number; mask: number; reason: string }
+
+/** a.b.c.d as an unsigned 32-bit number; the caller has checked it with isIPv4. */
+function ipv4Number(ip: string): number {
+  let n = 0;
+  for (const part of ip.split('.')) n = n * 256 + Number(part);
+  return n >>> 0;
+}
+
+function prefixMask(len: number): number {
+  return len === 0 ? 0 : (0xffffffff << (32 - len)) >>> 0;
+}
+
+/** Parses "addr/len" (len optional); throws on anything else. */
+function parseRange(cidr: string): { family: 'ipv4' | 'ipv6'; addr: string; len: number } {
+  const [addr, len, ...rest] = cidr.split('/');
+  const family = isIPv4(addr!) ? 'ipv4' : isIPv6(addr!) ? 'ipv6' : null;
+  const max = family === 'ipv4' ? 32 : 128;
+  const prefix = len === undefined ? max : /^\d{1,3}$/.test(len) ? Number(len) : NaN;
+  if (family === null || rest.length > 0 || !(prefix >= 0 && prefix <= max)) throw new Error(`not an IP range: ${cidr}`);
+  return { family, addr: addr!, len: prefix };
 }
 
 /** IPv4-mapped (::ffff:a.b.c.d) and NAT64 (64:ff9b::a.b.c.d) forms name an IPv4 host. */
@@ -47,15 +63,21 @@ export interface BlockedAddressesOptions {
   extraRanges?: ReadonlyArray<readonly [string, string]>;
 }
 
+/**
+ * Checked on every dial, so IPv4 ranges are plain mask-and-compare on numbers (node's BlockList
+ * builds a SocketAddress per check and per list). IPv6 ranges are only validated: egress is
+ * IPv4 only, and every IPv6 destination is refused before any range is consulted.
+ */
 export class BlockedAddresses {
-  private readonly lists: Array<{ list: BlockList; reason: string }> = [];
+  private readonly ranges: Ipv4Range[] = [];
 
   constructor(o: BlockedAddressesOptions = {}) {
     const base: ReadonlyArray<readonly [string, string]> = o.ranges ? o.ranges.map((r) => [r, 'blocked-range'] as const) : DEFAULT_BLOCKED_RANGES;
     for (const [cidr, reason] of [...base, ...(o.extraRanges ?? [])]) {
-      let entry = this.lists.find((l) => l.reason === reason);
-      if (!entry) { entry = { list: new BlockList(), reason }; this.lists.push(entry); }
-      addTo(entry.list, cidr);
+      const r = parseRange(cidr);
+      if (r.family !== 'ipv4') continue;
+      const mask = prefixMask(r.len);
+      this.ranges.push({ net: (ipv4Number(r.addr) & mask) >>> 0, mask, reason });
     }
   }
 
@@ -63,11 +85,10 @@ export class BlockedAddresses {
   reason(ip: string): string | null {
     const v4 = embeddedIPv4(ip);
     if (v4 !== null) return this.reason(v4);
-    const family = isIPv4(ip) ? 'ipv4' : isIPv6(ip) ? 'ipv6' : null;
-    if (family === null) return 'not-an-address';
-    // Egress is IPv4 only; an IPv6 destination is refused whatever it is.
-    if (family === 'ipv6') return 'ipv6';
-    for (const { list, reason } of this.lists) if (list.check(ip, family)) return reason;
+    if (isIPv6(ip)) return 'ipv6'; // egress is IPv4 only: refused whatever it is
+    if (!isIPv4(ip)) return 'not-an-address';
+    const n = ipv4Number(ip);
+    for (const r of this.ranges) if (((n & r.mask) >>> 0) === r.net) return r.reason;
     return null;
   }
 }

@@ -498,7 +498,10 @@ export class EgressProxy {
     conn.name = target.name;
     conn.address = target.address;
     conn.port = target.port;
-    return new Promise((resolve, reject) => {
+    return new Promise((resolveDial, rejectDial) => {
+      let settled = false;
+      const resolve = () => { settled = true; resolveDial(); };
+      const reject = (e: Refusal) => { settled = true; rejectDial(e); };
       const upstream = net.connect({ host: target.address, port: target.port, family: 4, allowHalfOpen: true, noDelay: true });
       conn.upstream = upstream;
       upstream.on('error', (e: NodeJS.ErrnoException) => {
@@ -507,8 +510,9 @@ export class EgressProxy {
       });
       upstream.on('close', () => {
         conn.upstreamClosed = true;
-        // Cut or closed while dialling: settle (the event is already out).
-        reject(new Refusal('refused', 'closed'));
+        // Cut or closed while dialling: settle (the event is already out). Only if unsettled:
+        // an Error (with its stack) per closed connection is measurable on the connect path.
+        if (!settled) reject(new Refusal('refused', 'closed'));
         this.onSocketClosed(conn);
       });
       conn.timer = setTimeout(() => {
